@@ -75,6 +75,8 @@ class OpenCVAnalyzer:
         self.recognizer = ort_session(str(recognizer_path), providers)
         shape = self.detector.get_inputs()[0].shape
         self._fixed = shape[2] if isinstance(shape[2], int) else None
+        if self._fixed and det_size > self._fixed:
+            raise ValueError(f"embed.det_size={det_size}: the YuNet model's input is fixed at {self._fixed}x{self._fixed}")
         self.model_id = settings_id(
             "opencv-yunet-sface",
             {
@@ -89,7 +91,9 @@ class OpenCVAnalyzer:
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         size = self._fixed or self.det_size
-        canvas, factor = letterbox(rgb, size)
+        small, factor = letterbox(rgb, self.det_size)  # fit det_size, then pad to the model's input
+        canvas = np.zeros((size, size, 3), np.uint8)
+        canvas[: small.shape[0], : small.shape[1]] = small
         blob = canvas[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32)  # BGR, NCHW, 0..255
         names = [o.name for o in self.detector.get_outputs()]
         outs = dict(zip(names, self.detector.run(names, {self.detector.get_inputs()[0].name: blob}), strict=True))

