@@ -14,8 +14,9 @@ is known exactly:
   blob SCRFD builds from its BGR input) over the ``BOX x BOX`` window centred on the
   anchor point. So a red-bright ``BOX``-pixel square on a dark image, centred on an anchor
   point (top-left corner at ``32 * k`` in detector-input pixels), gives exactly one
-  detection, and a blue-bright one none (which catches a channel-order mix-up). Box distances (all 1, i.e. 32 px at stride 32) make the decoded box that
-  square; keypoint offsets are the ArcFace 5-point template scaled into it.
+  detection, and a blue-bright one none (which catches a channel-order mix-up). Box
+  distances (all 1, i.e. 32 px at stride 32) make the decoded box that square; keypoint
+  offsets are the ArcFace 5-point template scaled into it.
 * ``write_arcface``: input ``[batch, 3, 112, 112]`` -> output ``[batch, dim]``: a 4x4
   average pool, flatten, then a seeded random matrix (``arcface_weights``), no
   normalisation. Node names avoid ``Sub``/``Mul`` so insightface treats it as a
@@ -132,8 +133,10 @@ def arcface_weights(dim: int = 64, seed: int = 0) -> np.ndarray:
     return (rng.standard_normal((n, dim)) / np.sqrt(n)).astype(np.float32)
 
 
-def write_arcface(path: str | Path, dim: int = 64, seed: int = 0) -> Path:
-    """Write the ArcFace-shaped recognizer (see the module docstring)."""
+def write_arcface(path: str | Path, dim: int = 64, seed: int = 0, weights: np.ndarray | None = None) -> Path:
+    """Write the ArcFace-shaped recognizer (see the module docstring); ``weights`` overrides the seeded matrix."""
+    proj = arcface_weights(dim, seed) if weights is None else np.asarray(weights, np.float32)
+    assert proj.shape == (3 * (REC_SIZE // REC_POOL) ** 2, dim)
     nodes = [
         helper.make_node(
             "AveragePool", ["data"], ["pooled"], name="pool", kernel_shape=[REC_POOL] * 2, strides=[REC_POOL] * 2
@@ -146,7 +149,7 @@ def write_arcface(path: str | Path, dim: int = 64, seed: int = 0) -> Path:
         "tiny_arcface",
         [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["batch", 3, REC_SIZE, REC_SIZE])],
         [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["batch", dim])],
-        initializer=[_const("proj", arcface_weights(dim, seed))],
+        initializer=[_const("proj", proj)],
     )
     return _save(graph, path)
 

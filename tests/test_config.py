@@ -67,7 +67,7 @@ def test_source_overrides_apply_to_that_source_only(tmp_path):
 
 
 def test_missing_source_file_and_duplicate_names(tmp_path):
-    with pytest.raises(ConfigError, match="nope.yaml: file not found"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: file not found"):
         load_config_files([_write(tmp_path, f"sources: [{tmp_path / 'nope.yaml'}]\n")])
     a = _write(tmp_path, f"name: same\nkind: folder\npath: {tmp_path}\n", "a.yaml")
     with pytest.raises(ConfigError, match="duplicate source name"):

