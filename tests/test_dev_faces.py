@@ -18,7 +18,9 @@ def dev_tables(dev_faces, tmp_path_factory, opencv_analyzer):
     tmp = tmp_path_factory.mktemp("dev")
     listing = stage_source("dev", dev_faces, ["**/*.jpg", "**/*.jpeg", "**/*.png"], [], tmp / "listing.parquet")
     out = tmp / "faces.parquet"
-    embed_listing(listing, opencv_analyzer, FaceStore(tmp / "store", opencv_analyzer.model_id), EmbedOptions(), out, True)
+    embed_listing(
+        listing, opencv_analyzer, FaceStore(tmp / "store", opencv_analyzer.model_id), EmbedOptions(), out, True
+    )
     return listing, schema.read_table(out), schema.read_table(sidecar_paths(out)[0])
 
 
@@ -64,7 +66,8 @@ def test_byte_identical_copies_become_aliases(dev_faces, dev_tables):
         rec = _record(images, str(dev_faces / "misc" / name))
         assert rec.path == str(dev_faces / "misc" / name)
         assert sorted(rec.aliases) == sorted(
-            str(dev_faces / d / n) for d, n in [("tests_images", name), ("train/" + name.split(".")[0].rstrip("2"), name)]
+            str(dev_faces / d / n)
+            for d, n in [("tests_images", name), ("train/" + name.split(".")[0].rstrip("2"), name)]
         )
         assert (faces[faces.sha256 == rec.sha256].aliases.map(len) == 2).all()
     assert len(listing) == 28  # 34 files, 6 of them aliases

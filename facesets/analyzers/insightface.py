@@ -63,8 +63,12 @@ class InsightFaceAnalyzer:
         self.embedding_dim = int(self.recognizer.output_shape[-1])
         self.model_id = settings_id(
             f"insightface-{Path(pack).name}",
-            {"pack": _pack_digest(self.app.model_dir), "det_size": det_size, "det_thresh": det_thresh,
-             "align": "insightface-norm_crop"},
+            {
+                "pack": _pack_digest(self.app.model_dir),
+                "det_size": det_size,
+                "det_thresh": det_thresh,
+                "align": "insightface-norm_crop",
+            },
         )
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:

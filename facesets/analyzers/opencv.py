@@ -76,7 +76,9 @@ class OpenCVAnalyzer:
         shape = self.detector.get_inputs()[0].shape
         self._fixed = shape[2] if isinstance(shape[2], int) else None
         if self._fixed and det_size > self._fixed:
-            raise ValueError(f"embed.det_size={det_size}: the YuNet model's input is fixed at {self._fixed}x{self._fixed}")
+            raise ValueError(
+                f"embed.det_size={det_size}: the YuNet model's input is fixed at {self._fixed}x{self._fixed}"
+            )
         self.model_id = settings_id(
             "opencv-yunet-sface",
             {
