@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
 try:  # HEIC/HEIF support is optional at import time, required by pyproject.
     import pillow_heif
@@ -100,9 +100,21 @@ def _open(path: str | os.PathLike[str]) -> Image.Image:
         raise ImageLoadError(f"cannot open: {exc.strerror or exc}") from None
 
 
+def _header_exif(im: Image.Image) -> Image.Exif:
+    """EXIF from what the header holds, never decoding pixels.
+
+    ``PngImageFile.getexif()`` decodes the whole image when no eXIf chunk came before the
+    pixel data (to look for one after it), which would decode a decompression bomb before
+    the size guard and make every PNG a full decode in ``read_meta``.
+    """
+    if isinstance(im, PngImagePlugin.PngImageFile) and "exif" not in im.info:
+        return Image.Image.getexif(im)  # eXIf/XMP seen in the header only
+    return im.getexif()
+
+
 def _meta(im: Image.Image) -> ImageMeta:
     try:
-        exif = im.getexif()
+        exif = _header_exif(im)
         orientation = int(exif.get(ORIENTATION_TAG, 1) or 1)
         capture = _capture_time(exif)
     except Exception:  # noqa: BLE001 - broken EXIF: treat as absent
@@ -149,10 +161,10 @@ def decode(
     still >= the target (never smaller), other formats decode fully.
     """
     with _open(path) as im:
-        meta = _meta(im)
         w0, h0 = im.size
-        if w0 * h0 > max_pixels:
+        if w0 * h0 > max_pixels:  # from the header, before anything else touches the file
             raise ImageLoadError(f"image too large: {w0}x{h0} pixels exceeds max_pixels={max_pixels}")
+        meta = _meta(im)
         if target_long_side and im.format == "JPEG" and max(w0, h0) > target_long_side:
             r = target_long_side / max(w0, h0)
             im.draft("RGB", (math.ceil(w0 * r), math.ceil(h0 * r)))

@@ -58,12 +58,15 @@ def walk(root: Path, include: Iterable[str], exclude: Iterable[str]) -> Iterator
     seen_dirs: set[tuple[int, int]] = set()
     root_str = os.path.abspath(root)
 
+    def failed(path: str, rel: str, reason: str) -> FileEntry:
+        return FileEntry(_printable(path), _printable(rel), error=reason)
+
     def rec(dir_path: str) -> Iterator[FileEntry]:
         try:
             st = os.stat(dir_path)
         except OSError as exc:
             rel = os.path.relpath(dir_path, root_str)
-            yield FileEntry(dir_path, rel, error=f"cannot read folder: {exc.strerror}")
+            yield failed(dir_path, rel, f"cannot read folder: {exc.strerror}")
             return
         key = (st.st_dev, st.st_ino)
         if key in seen_dirs:
@@ -75,7 +78,7 @@ def walk(root: Path, include: Iterable[str], exclude: Iterable[str]) -> Iterator
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
             rel = os.path.relpath(dir_path, root_str)
-            yield FileEntry(dir_path, rel, error=f"cannot list folder: {exc.strerror}")
+            yield failed(dir_path, rel, f"cannot list folder: {exc.strerror}")
             return
         for entry in entries:
             rel = os.path.relpath(entry.path, root_str).replace(os.sep, "/")
@@ -95,15 +98,32 @@ def walk(root: Path, include: Iterable[str], exclude: Iterable[str]) -> Iterator
                 reason = "symlink loop" if exc.errno == 40 else f"cannot stat: {exc.strerror}"
                 if entry.is_symlink() and exc.errno == 2:
                     reason = "broken symlink"
-                yield FileEntry(entry.path, rel, error=reason)
+                yield failed(entry.path, rel, reason)
                 continue
             if not stat.S_ISREG(st_f.st_mode):
+                continue
+            if not _storable(entry.path):
+                yield failed(entry.path, rel, "file name is not valid UTF-8 (cannot be recorded; rename the file)")
                 continue
             yield FileEntry(entry.path, rel, st_f.st_size, st_f.st_mtime_ns)
 
     if not os.path.isdir(root_str):
         raise FileNotFoundError(f"source folder not found: {root_str}")
     yield from rec(root_str)
+
+
+def _storable(path: str) -> bool:
+    """Tables store paths as UTF-8; a name with undecodable bytes (surrogate-escaped) cannot be."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(path: str) -> str:
+    """A UTF-8-safe form of a path for error records: undecodable bytes become ``\\xNN``."""
+    return path if _storable(path) else os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _dir_excluded(rel_dir: str, exclude: Iterable[str]) -> bool:

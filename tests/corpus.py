@@ -185,10 +185,9 @@ def build_bad_corpus(root: Path, face_photo: Path) -> dict[str, str]:
     if heif_encoder() is None:
         import pillow_heif
 
-        heic = put("photo.heic", "faces")
-        pillow_heif.from_pillow(im).save(heic, quality=85)
-        rot = put("orient/rot6.heic", "faces")
-        im.transpose(_STORE_FOR[6]).save(rot, format="HEIF", quality=85, exif=_exif(6))
+        pillow_heif.register_heif_opener()
+        heic = save("photo.heic", "faces", small, format="HEIF", quality=85)
+        save("orient/rot6.heic", "faces", small.transpose(_STORE_FOR[6]), format="HEIF", quality=85, exif=_exif(6))
         put("truncated.heic", "error", heic.read_bytes()[: heic.stat().st_size // 2])
 
     # -- duplicates and links to good files: listed as aliases of one record
