@@ -1,0 +1,576 @@
+"""The cluster engine: average-linkage clustering of face embeddings with cannot-link.
+
+Everything identity-related calls this module: the raw ``cluster`` stage, refine (centroid
+merge, outlier rejection), extend / mixed-bucket routing (nearest identity, cluster the rest).
+
+Distances are cosine distances ``1 - a·b`` of L2-normalised embeddings. For average linkage
+the distance between two clusters has a closed form in their embedding *sums*:
+``mean_{a∈A,b∈B} (1 - a·b) = 1 - (ΣA·ΣB) / (|A||B|)``, so cluster distances are always exact,
+whatever the size of the clusters.
+
+Two faces of one photo never share a cluster (cannot-link): any merge that would put them
+together is forbidden, which for average linkage is the same as an infinite distance between
+the two faces (the linkage stays reducible).
+
+One algorithm (``graph_average_linkage``) on two candidate graphs, plus a reference:
+
+* The key fact: in average linkage, two clusters can only come under the threshold if some
+  pair of their faces is under it, and a cluster pair at or above the threshold can only come
+  under it again through a merge with a cluster that is under it (Lance–Williams). So HAC on
+  the graph of all face pairs under the threshold, dropping pairs as they rise above it, is
+  *exactly* average-linkage HAC, without an n×n matrix.
+* ``exact`` (default up to ``exact_max`` faces): that graph, found by an exact faiss range
+  search. Identical results to textbook HAC (tested against SciPy on real and synthetic data).
+* ``graph`` (above ``exact_max``): a kNN candidate graph (faiss; IVF above 60k faces) instead,
+  so memory stays linear; only the candidate set is approximate, cluster distances stay exact.
+  Quality against exact HAC is measured in benchmarks/.
+* ``dense``: SciPy's average linkage on the full condensed matrix, cannot-link pairs set to a
+  huge distance (Lance–Williams never mixes it into other pairs). The O(n²) reference.
+
+Results are deterministic and independent of row order: rows are ordered by face key first,
+and clusters are numbered by size (largest first), then by their smallest face key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BIG = 1e12  # "infinite" distance for cannot-link pairs in the exact path
+EXACT_MAX = 20_000
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+def group_ids(groups: Sequence) -> np.ndarray:
+    """Photo ids (e.g. sha256 strings) -> small ints; faces with equal ids cannot link."""
+    _, inv = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    return inv.astype(np.int64)
+
+
+def canonical_labels(labels: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Renumber clusters 0.. by size (desc), then smallest key (asc)."""
+    labels = np.asarray(labels)
+    uniq, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    first_key = np.empty(len(uniq), dtype=object)
+    order = np.argsort(keys, kind="stable")
+    seen = np.zeros(len(uniq), bool)
+    for i in order:
+        c = inv[i]
+        if not seen[c]:
+            seen[c] = True
+            first_key[c] = keys[i]
+    rank = sorted(range(len(uniq)), key=lambda c: (-counts[c], first_key[c]))
+    new = np.empty(len(uniq), np.int64)
+    new[rank] = np.arange(len(uniq))
+    return new[inv]
+
+
+def cannot_link_pairs(groups: np.ndarray) -> np.ndarray:
+    """All (i, j), i < j, of rows that share a photo. Shape (m, 2)."""
+    order = np.argsort(groups, kind="stable")
+    g = groups[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    ends = np.r_[starts[1:], len(g)]
+    out = []
+    for s, e in zip(starts, ends, strict=True):
+        if e - s > 1:
+            idx = np.sort(order[s:e])
+            ii, jj = np.triu_indices(len(idx), 1)
+            out.append(np.stack([idx[ii], idx[jj]], 1))
+    return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
+
+
+# --------------------------------------------------------------------------- dense reference
+
+
+def dense_average_linkage(emb: np.ndarray, groups: np.ndarray, threshold: float) -> np.ndarray:
+    """Textbook average-linkage HAC (SciPy) with cannot-link, cut below ``threshold``.
+
+    O(n²) memory and time: the reference the other paths are tested against.
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    n = len(emb)
+    if n <= 1:
+        return np.zeros(n, np.int64)
+    x = np.asarray(emb, np.float64)
+    cond = np.empty(n * (n - 1) // 2, np.float64)
+    pos = 0
+    for i in range(n - 1):  # row by row: no n×n matrix
+        row = 1.0 - x[i + 1 :] @ x[i]
+        cond[pos : pos + len(row)] = np.maximum(row, 0.0)
+        pos += len(row)
+    cl = cannot_link_pairs(groups)
+    if len(cl):
+        i, j = cl[:, 0], cl[:, 1]
+        cond[n * i - i * (i + 1) // 2 + (j - i - 1)] = BIG
+    z = linkage(cond, method="average")
+    del cond
+    # merge while distance < threshold (strict, like sklearn's distance_threshold)
+    return fcluster(z, np.nextafter(threshold, -np.inf), criterion="distance").astype(np.int64) - 1
+
+
+# --------------------------------------------------------------------------- graph (scalable)
+
+
+def epsilon_graph(emb: np.ndarray, threshold: float, max_pairs: int = 60_000_000) -> np.ndarray | None:
+    """Every pair (i, j), i < j, closer than ``threshold`` (faiss range search, exact).
+
+    Returns None when there are more than ``max_pairs`` such pairs (memory guard).
+    """
+    import faiss
+
+    x = np.ascontiguousarray(emb, dtype=np.float32)
+    n, d = x.shape
+    index = faiss.IndexFlatIP(d)
+    index.add(x)
+    radius = 1.0 - threshold - 1e-4  # a small margin: exact distances are recomputed later
+    parts, total = [], 0
+    for s in range(0, n, 4096):
+        lims, _, idx = index.range_search(x[s : s + 4096], radius)
+        rows = np.repeat(np.arange(s, s + len(lims) - 1), np.diff(lims.astype(np.int64)))
+        keep = idx > rows
+        parts.append(np.stack([rows[keep], idx[keep].astype(np.int64)], 1))
+        total += int(keep.sum())
+        if total > max_pairs:
+            return None
+    return np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
+
+
+def knn_graph(emb: np.ndarray, k: int) -> np.ndarray:
+    """Candidate edges (i, j), i < j, from each face's k nearest neighbours (inner product)."""
+    import faiss
+
+    x = np.ascontiguousarray(emb, dtype=np.float32)
+    n, d = x.shape
+    k = min(k + 1, n)
+    if n <= 60_000:
+        index = faiss.IndexFlatIP(d)
+    else:
+        nlist = int(4 * np.sqrt(n))
+        quant = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        index.train(x[rng.choice(n, size=min(n, nlist * 40), replace=False)])
+        index.nprobe = 16
+    index.add(x)
+    _, nbr = index.search(x, k)
+    rows = np.repeat(np.arange(n), nbr.shape[1])
+    cols = nbr.reshape(-1)
+    ok = (cols >= 0) & (cols != rows)
+    a, b = np.minimum(rows[ok], cols[ok]), np.maximum(rows[ok], cols[ok])
+    return np.unique(np.stack([a, b], 1), axis=0)
+
+
+def _edge_dist(sums: np.ndarray, cnt: np.ndarray, edges: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """Exact average-linkage distance of each candidate pair, from cluster sums."""
+    out = np.empty(len(edges), np.float64)
+    for s in range(0, len(edges), chunk):
+        a, b = edges[s : s + chunk, 0], edges[s : s + chunk, 1]
+        out[s : s + chunk] = 1.0 - np.einsum("ij,ij->i", sums[a], sums[b]) / (cnt[a] * cnt[b])
+    return out
+
+
+def _unique_pairs(pairs: np.ndarray, n: int) -> np.ndarray:
+    if not len(pairs):
+        return np.zeros((0, 2), np.int64)
+    lo, hi = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
+    keep = lo != hi
+    code = np.unique(lo[keep] * n + hi[keep])
+    return np.stack([code // n, code % n], 1)
+
+
+@dataclass
+class _GraphState:
+    """Clusters as sums/counts over face ids; candidate pairs (lo < hi) with exact distances."""
+
+    sums: np.ndarray
+    cnt: np.ndarray
+    parent: np.ndarray
+    edges: np.ndarray
+    dist: np.ndarray
+    cl_codes: np.ndarray  # sorted lo * n + hi of cannot-linked cluster pairs
+
+    @property
+    def n(self) -> int:
+        return len(self.cnt)
+
+
+def _rnn_rounds(st: _GraphState, threshold: float, min_fraction: float = 0.02, max_rounds: int = 64) -> None:
+    """Merge all reciprocal nearest-neighbour pairs under the threshold, in vectorised rounds.
+
+    For a reducible linkage (average linkage is) merging a reciprocal-nearest pair never
+    changes the final hierarchy, so any number of them can merge at once. The early rounds
+    do most of the merges cheaply; once a round merges few clusters the heap phase takes over.
+    """
+    n = st.n
+    alive = int((st.parent == np.arange(n)).sum())
+    for _ in range(max_rounds):
+        ok = st.dist < threshold
+        st.edges, st.dist = st.edges[ok], st.dist[ok]
+        if not len(st.edges):
+            return
+        e, d = st.edges, st.dist
+        node = np.concatenate([e[:, 0], e[:, 1]])
+        nbr = np.concatenate([e[:, 1], e[:, 0]])
+        order = np.lexsort((nbr, np.concatenate([d, d]), node))
+        node, nbr = node[order], nbr[order]
+        first = np.r_[True, node[1:] != node[:-1]]
+        best = np.full(n, -1)
+        best[node[first]] = nbr[first]
+        cand = node[first]
+        keep_id = cand[(best[best[cand]] == cand) & (cand < best[cand])]
+        if len(keep_id) < max(1, min_fraction * alive):
+            return
+        gone_id = best[keep_id]
+        st.sums[keep_id] += st.sums[gone_id]
+        st.cnt[keep_id] += st.cnt[gone_id]
+        st.parent[gone_id] = keep_id
+        alive -= len(keep_id)
+        relabel = np.arange(n)
+        relabel[gone_id] = keep_id
+        changed = np.zeros(n, bool)
+        changed[keep_id] = True
+        ea, eb = relabel[e[:, 0]], relabel[e[:, 1]]
+        touched = changed[ea] | changed[eb]
+        tpairs = _unique_pairs(np.stack([ea[touched], eb[touched]], 1), n)
+        if len(st.cl_codes):
+            cl = _unique_pairs(np.stack([relabel[st.cl_codes // n], relabel[st.cl_codes % n]], 1), n)
+            st.cl_codes = cl[:, 0] * n + cl[:, 1]
+            tpairs = tpairs[~np.isin(tpairs[:, 0] * n + tpairs[:, 1], st.cl_codes)]
+        st.edges = np.concatenate([e[~touched], tpairs])
+        st.dist = np.concatenate([d[~touched], _edge_dist(st.sums, st.cnt, tpairs)])
+
+
+def _heap_merge(st: _GraphState, threshold: float) -> None:
+    """Sequential HAC on the candidate graph: always merge the globally closest pair.
+
+    Each cluster keeps a pointer to its nearest candidate (one heap entry per cluster, lazily
+    invalidated by version counters), so a merge recomputes only the distances of the merged
+    cluster and of the clusters that pointed at it.
+    """
+    import heapq
+
+    n = st.n
+    sums, cnt, parent = st.sums, st.cnt, st.parent
+    ok = st.dist < threshold
+    edges, dist = st.edges[ok], st.dist[ok]
+    alive = parent == np.arange(n)
+    adj: list[set[int] | None] = [set() if alive[i] else None for i in range(n)]
+    for a, b in edges.tolist():
+        adj[a].add(b)
+        adj[b].add(a)
+    cl_sets: dict[int, set[int]] = {}
+    for code in st.cl_codes.tolist():
+        a, b = divmod(code, n)
+        cl_sets.setdefault(a, set()).add(b)
+        cl_sets.setdefault(b, set()).add(a)
+    bd = np.full(n, np.inf)
+    bj = np.full(n, -1, np.int64)
+    if len(edges):
+        node = np.concatenate([edges[:, 0], edges[:, 1]])
+        nbr = np.concatenate([edges[:, 1], edges[:, 0]])
+        dd = np.concatenate([dist, dist])
+        order = np.lexsort((nbr, dd, node))
+        node, nbr, dd = node[order], nbr[order], dd[order]
+        first = np.r_[True, node[1:] != node[:-1]]
+        bd[node[first]], bj[node[first]] = dd[first], nbr[first]
+    version = np.zeros(n, np.int64)
+    heap = [(float(bd[i]), int(i), int(bj[i]), 0, 0) for i in np.flatnonzero(bj >= 0)]
+    heapq.heapify(heap)
+    empty = np.zeros(0, np.int64)
+
+    def dists(a: int, nbrs: np.ndarray) -> np.ndarray:
+        return 1.0 - (sums[nbrs] @ sums[a]) / (cnt[nbrs] * cnt[a])
+
+    def refresh(x: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Recompute x's nearest candidate, drop far pairs; returns (ids, dists, dropped ids)."""
+        nb = adj[x]
+        ids = np.fromiter(nb, np.int64, len(nb)) if nb else empty
+        d = dists(x, ids) if len(ids) else np.zeros(0)
+        far = d >= threshold
+        dropped = ids[far]
+        if len(dropped):
+            for y in dropped.tolist():
+                nb.discard(y)
+                adj[y].discard(x)
+            ids, d = ids[~far], d[~far]
+        if not len(ids):
+            bd[x], bj[x] = np.inf, -1
+            return ids, d, dropped
+        i = np.lexsort((ids, d))[0]
+        bd[x], bj[x] = d[i], ids[i]
+        heapq.heappush(heap, (float(d[i]), x, int(ids[i]), int(version[x]), int(version[ids[i]])))
+        return ids, d, dropped
+
+    while heap:
+        _, a, b, va, vb = heapq.heappop(heap)
+        if adj[a] is None or adj[b] is None or version[a] != va or version[b] != vb:
+            continue  # stale entry
+        if len(adj[a]) < len(adj[b]):  # the cluster with more neighbours survives
+            a, b = b, a
+        sa, sb = adj[a], adj[b]
+        from_b = np.fromiter(sb, np.int64, len(sb))
+        sa |= sb
+        sa.discard(a)
+        sa.discard(b)
+        for x in sb:
+            if x != a:
+                nx = adj[x]
+                nx.discard(b)
+                nx.add(a)
+        adj[b] = None
+        ca, cb = cl_sets.pop(a, set()), cl_sets.pop(b, set())
+        for x in cb:
+            cl_sets[x].discard(b)
+            cl_sets[x].add(a)
+        ca |= cb
+        removed = []
+        if ca:
+            cl_sets[a] = ca
+            for x in sa & ca:  # would join two faces of one photo: never a candidate again
+                sa.discard(x)
+                adj[x].discard(a)
+                removed.append(x)
+        sums[a] += sums[b]
+        cnt[a] += cnt[b]
+        parent[b] = a
+        version[a] += 1
+        version[b] += 1
+        bd[b], bj[b] = np.inf, -1
+        ids, dn, dropped = refresh(a)  # distances to every remaining candidate of the new cluster
+        # clusters no longer adjacent whose nearest was a or b: recompute them
+        gone = np.concatenate([from_b, dropped, np.asarray(removed, np.int64)])
+        gone = gone[(gone != a) & (gone != b)]
+        for x in np.unique(gone[(bj[gone] == a) | (bj[gone] == b)]).tolist():
+            if adj[x] is not None and x not in sa:
+                refresh(x)
+        if not len(ids):
+            continue
+        stale = (bj[ids] == a) | (bj[ids] == b)
+        for x in ids[stale].tolist():  # their nearest candidate changed: recompute
+            refresh(x)
+        closer = ~stale & (dn < bd[ids])
+        for x, dx in zip(ids[closer].tolist(), dn[closer].tolist(), strict=True):
+            bd[x], bj[x] = dx, a
+            heapq.heappush(heap, (dx, x, a, int(version[x]), int(version[a])))
+
+
+def graph_average_linkage(
+    emb: np.ndarray, groups: np.ndarray, threshold: float, edges: np.ndarray | None = None, k: int = 32
+) -> np.ndarray:
+    """Average-linkage HAC restricted to a candidate graph (default: kNN), no n×n matrix.
+
+    Distances between clusters are exact (from sums). Pairs at or above the threshold are
+    dropped: for average linkage such a pair (A, K) can only fall under the threshold again
+    when A merges with some B that is under it with K, and then (A∪B, K) is re-created from
+    (B, K) with its exact distance. So on the complete graph this is exactly average-linkage
+    HAC (tested against SciPy); on a kNN graph only the candidate set is approximate.
+    Vectorised reciprocal-nearest-neighbour rounds do the bulk of the merges, then a heap
+    finishes sequentially.
+    """
+    n = len(emb)
+    if n <= 1:
+        return np.zeros(n, np.int64)
+    edges = knn_graph(emb, k) if edges is None else _unique_pairs(np.asarray(edges, np.int64), n)
+    sums = np.asarray(emb, np.float64).copy()
+    cl = cannot_link_pairs(groups)
+    cl_codes = np.unique(cl[:, 0] * n + cl[:, 1]) if len(cl) else np.zeros(0, np.int64)
+    if len(cl_codes):
+        edges = edges[~np.isin(edges[:, 0] * n + edges[:, 1], cl_codes)]
+    st = _GraphState(sums, np.ones(n, np.float64), np.arange(n), edges, _edge_dist(sums, np.ones(n), edges), cl_codes)
+    _rnn_rounds(st, threshold)
+    _heap_merge(st, threshold)
+    root = st.parent.copy()
+    while True:
+        nxt = root[root]
+        if np.array_equal(nxt, root):
+            break
+        root = nxt
+    return root
+
+
+# --------------------------------------------------------------------------- public API
+
+
+@dataclass(frozen=True)
+class ClusterResult:
+    labels: np.ndarray  # per input row, 0.. numbered by size desc then smallest key
+    method: str
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.labels.max()) + 1 if len(self.labels) else 0
+
+
+def cluster_faces(
+    keys: Sequence[str],
+    emb: np.ndarray,
+    groups: Sequence,
+    threshold: float,
+    method: str = "auto",
+    exact_max: int = EXACT_MAX,
+    k: int = 32,
+) -> ClusterResult:
+    """Average-linkage clusters of faces, cannot-link within a photo; row order does not matter."""
+    keys = np.asarray(keys, dtype=object).astype(str)
+    n = len(keys)
+    if n == 0:
+        return ClusterResult(np.zeros(0, np.int64), "empty")
+    order = np.argsort(keys, kind="stable")
+    x = normalize(np.asarray(emb)[order])
+    g = group_ids(np.asarray(groups, dtype=object)[order])
+    if method == "auto":
+        method = "exact" if n <= exact_max else "graph"
+    if method == "exact":
+        edges = epsilon_graph(x, threshold)
+        if edges is None:
+            log.warning("cluster: too many pairs under %.2f for the exact path; using the kNN graph", threshold)
+            method = "graph"
+    if method == "exact":
+        lab = graph_average_linkage(x, g, threshold, edges=edges)
+    elif method == "graph":
+        lab = graph_average_linkage(x, g, threshold, k=k)
+    elif method == "dense":
+        lab = dense_average_linkage(x, g, threshold)
+    else:
+        raise ValueError(f"unknown method {method!r} (auto, exact, graph, dense)")
+    lab = canonical_labels(lab, keys[order])
+    out = np.empty(n, np.int64)
+    out[order] = lab
+    return ClusterResult(out, method)
+
+
+def centroids(emb: np.ndarray, labels: np.ndarray, n_clusters: int | None = None) -> np.ndarray:
+    """Re-normalised mean embedding per cluster (rows of labels < 0 are ignored)."""
+    labels = np.asarray(labels)
+    k = int(labels.max()) + 1 if n_clusters is None else n_clusters
+    sums = np.zeros((k, emb.shape[1]), np.float64)
+    ok = labels >= 0
+    np.add.at(sums, labels[ok], np.asarray(emb, np.float64)[ok])
+    return normalize(sums)
+
+
+def reject_outliers(
+    emb: np.ndarray, labels: np.ndarray, thresholds: Sequence[float] = (0.55,), min_size: int = 4
+) -> np.ndarray:
+    """Drop faces (label -> -1) farther than the threshold from their cluster's centroid.
+
+    Applied to clusters of at least ``min_size`` faces; each pass recomputes the centroids from
+    the faces kept so far (two passes, 0.55 then 0.45, let a bystander-heavy folder converge).
+    """
+    labels = np.asarray(labels).copy()
+    x = normalize(emb)
+    for t in thresholds:
+        ok = labels >= 0
+        if not ok.any():
+            break
+        k = int(labels.max()) + 1
+        sizes = np.bincount(labels[ok], minlength=k)
+        cents = centroids(x, labels, k)
+        d = 1.0 - np.einsum("ij,ij->i", x[ok], cents[labels[ok]])
+        big = sizes[labels[ok]] >= min_size
+        drop = np.flatnonzero(ok)[big & (d > t)]
+        labels[drop] = -1
+    return labels
+
+
+def centroid_merge(emb: np.ndarray, labels: np.ndarray, groups: Sequence, threshold: float = 0.40) -> np.ndarray:
+    """Merge clusters whose re-normalised centroids are closer than ``threshold``.
+
+    Closest pair first, centroids recomputed after each merge; never merges two clusters that
+    hold faces of the same photo. Faces labelled -1 are left alone.
+    """
+    labels = np.asarray(labels).copy()
+    ok = labels >= 0
+    if not ok.any():
+        return labels
+    x = normalize(emb)
+    g = group_ids(groups)
+    ids = np.unique(labels[ok])
+    sums = {int(c): np.asarray(x[labels == c], np.float64).sum(0) for c in ids}
+    photos = {int(c): set(g[labels == c].tolist()) for c in ids}
+    while len(sums) > 1:
+        cs = sorted(sums)
+        m = normalize(np.stack([sums[c] for c in cs]))
+        d = 1.0 - m @ m.T
+        np.fill_diagonal(d, np.inf)
+        for i, ci in enumerate(cs):  # forbid cannot-link merges
+            for j in range(i + 1, len(cs)):
+                if photos[ci] & photos[cs[j]]:
+                    d[i, j] = d[j, i] = np.inf
+        i, j = np.unravel_index(np.argmin(d), d.shape)
+        if d[i, j] >= threshold:
+            break
+        a, b = cs[min(i, j)], cs[max(i, j)]
+        sums[a] += sums.pop(b)
+        photos[a] |= photos.pop(b)
+        labels[labels == b] = a
+    return labels
+
+
+@dataclass(frozen=True)
+class Match:
+    identity: np.ndarray  # per face: index of the matched identity, or -1
+    distance: np.ndarray  # per face: distance to it (inf when unmatched)
+
+
+def nearest_identity(
+    emb: np.ndarray,
+    groups: Sequence,
+    prototypes: np.ndarray,
+    proto_identity: np.ndarray,
+    threshold: float,
+    taken: set[tuple[str, int]] | None = None,
+) -> Match:
+    """Route faces to the nearest identity within ``threshold``.
+
+    ``prototypes`` are normalised vectors (one centroid, or several per identity);
+    ``proto_identity`` maps each to its identity. Cannot-link: faces of one photo go to
+    different identities (closest pairs win), and a photo already represented in an identity
+    (``taken``: (photo id, identity)) sends no other face there.
+    """
+    x = normalize(emb)
+    p = normalize(prototypes)
+    proto_identity = np.asarray(proto_identity)
+    n = len(x)
+    ident = np.full(n, -1, np.int64)
+    dist = np.full(n, np.inf)
+    if n == 0 or len(p) == 0:
+        return Match(ident, dist)
+    n_ids = int(proto_identity.max()) + 1
+    d_proto = 1.0 - x @ p.T
+    d_id = np.full((n, n_ids), np.inf)
+    for j in range(n_ids):  # distance to an identity = to its closest prototype
+        cols = proto_identity == j
+        if cols.any():
+            d_id[:, j] = d_proto[:, cols].min(1)
+    g = np.asarray(groups, dtype=object).astype(str)
+    taken = set(taken or ())
+    for photo in np.unique(g):
+        rows = np.flatnonzero(g == photo)
+        sub = d_id[rows].copy()
+        for j in range(n_ids):
+            if (photo, j) in taken:
+                sub[:, j] = np.inf
+        while True:
+            r, c = np.unravel_index(np.argmin(sub), sub.shape)
+            if not np.isfinite(sub[r, c]) or sub[r, c] >= threshold:
+                break
+            ident[rows[r]], dist[rows[r]] = c, sub[r, c]
+            sub[r, :] = np.inf
+            sub[:, c] = np.inf
+    return Match(ident, dist)
