@@ -107,6 +107,47 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from facesets import schema, thresholds
+    from facesets.rawclusters import ClusterOptions, run_cluster
+
+    settings: dict = {}
+    if args.configfile:
+        settings = dict(load_config_files(args.configfile).settings["cluster"])
+    if args.cluster_settings:
+        settings.update(json.loads(args.cluster_settings))
+    for key in ("threshold", "link_mode", "method", "exact_max", "knn"):
+        if getattr(args, key, None) is not None:
+            settings[key] = getattr(args, key)
+    settings = validate(settings, load_schema("config")["properties"]["cluster"], "cluster settings (command line)")
+    threshold = settings["threshold"]
+    if threshold is None:
+        ids = schema.read_table(args.cache, ["model_id"])["model_id"].unique()
+        threshold = thresholds.for_model(ids[0]).cluster if len(ids) else 0.55
+        log.info("cluster threshold %.3f from the model profile of %s", threshold, ids[0] if len(ids) else "-")
+    opts = ClusterOptions(
+        threshold=threshold,
+        link_mode=settings["link_mode"],
+        method=settings["method"],
+        exact_max=settings["exact_max"],
+        knn=settings["knn"],
+    )
+    manifest = run_cluster(Path(args.cache), Path(args.out), opts)
+    multi = [c for c in manifest["clusters"] if c["name"] != "_singletons"]
+    print(
+        json.dumps(
+            {
+                "faces": len(manifest["faces"]),
+                "clusters": len(multi),
+                "singletons": sum(c["faces"] for c in manifest["clusters"] if c["name"] == "_singletons"),
+                "noface": len(manifest["noface"]),
+                "threshold": threshold,
+            }
+        )
+    )
+    return 0
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from facesets.summary import format_summary, summarize
 
@@ -175,6 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-images", type=int)
     e.add_argument("--plain-progress", action="store_true", help="log lines instead of a progress bar")
     e.set_defaults(func=cmd_embed)
+
+    k = sub.add_parser(
+        "cluster", help="raw clusters of a face table: person_NNN/, _singletons/, _noface/, manifest.json"
+    )
+    k.add_argument("cache", help="face table (.parquet) from `facesets embed`")
+    k.add_argument("out", help="output folder (replaced atomically)")
+    k.add_argument("--threshold", type=float, help="average-linkage cut (default: the model's profile)")
+    k.add_argument("--link-mode", choices=["hardlink", "symlink", "copy"])
+    k.add_argument("--method", choices=["auto", "exact", "graph", "dense"])
+    k.add_argument("--exact-max", type=int)
+    k.add_argument("--knn", type=int)
+    k.add_argument("--configfile", action="append", help="take the cluster settings from this config.yaml")
+    k.add_argument("--cluster-settings", help="JSON object for the `cluster` config section")
+    k.set_defaults(func=cmd_cluster)
 
     m = sub.add_parser("summary", help="print images, faces, no-face images, errors, img/s")
     m.add_argument("tables", nargs="+", help="face tables (.parquet)")

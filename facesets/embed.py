@@ -163,7 +163,7 @@ def build_tables(listing: pd.DataFrame, results: pd.DataFrame) -> tuple[pd.DataF
     faces, images = [], []
     for r in listing.itertuples(index=False):
         aliases = list(r.aliases) if r.aliases is not None else []
-        base = {"source": r.source, "sha256": r.sha256, "path": r.path, "aliases": aliases}
+        base = {"source": r.source, "sha256": r.sha256, "path": r.path, "relpath": r.relpath, "aliases": aliases}
         img = {
             **base,
             "orientation": r.orientation,

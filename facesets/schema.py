@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from facesets.atomic import atomic_path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # bump when a table changes: rules carry it as a param, so tables are rebuilt
 
 LISTING = pa.schema(
     [
@@ -59,6 +59,7 @@ IMAGES = pa.schema(
         ("source", pa.string()),
         ("sha256", pa.string()),
         ("path", pa.string()),
+        ("relpath", pa.string()),
         ("aliases", pa.list_(pa.string())),
         ("status", pa.string()),  # faces | noface | error
         ("error", pa.string()),
@@ -78,6 +79,7 @@ FACES = pa.schema(
         ("face_index", pa.int16()),  # 0.. left to right
         ("source", pa.string()),
         ("path", pa.string()),
+        ("relpath", pa.string()),  # relative to the source root
         ("aliases", pa.list_(pa.string())),
         ("img_width", pa.int32()),
         ("img_height", pa.int32()),

@@ -7,6 +7,7 @@ sys.path.insert(0, workflow.basedir)  # the facesets package, also when not pip-
 
 from facesets.config import ConfigError, load_workflow_config  # noqa: E402
 from facesets.listing import fingerprint  # noqa: E402
+from facesets.schema import SCHEMA_VERSION  # noqa: E402
 
 
 def _config_origin():
@@ -21,6 +22,7 @@ except ConfigError as exc:
 
 config.update(WF.settings)  # defaults filled, visible to every rule
 WORK = str(WF.work_root)
+OUTPUT = str(WF.output_root)
 # Set (not read) for the jobs: they run `facesets ...` from the interpreter that runs
 # Snakemake (the project's venv), and the device choice travels in the environment, not
 # in params, so switching profiles does not rerun finished jobs.
@@ -38,6 +40,10 @@ def source_names():
 
 def src(wildcards):
     return WF.source(wildcards.source)
+
+
+def all_raw_clusters():
+    return expand(f"{OUTPUT}/raw/{{source}}", source=source_names())
 
 
 def all_face_tables():

@@ -10,6 +10,7 @@ rule embed:
     params:
         backend=lambda w: src(w).settings["backend"],
         settings=embed_result_settings,
+        schema_version=SCHEMA_VERSION,
         store=f"{WORK}/store",
         model_dir=str(WF.model_dir),
     threads: embed_threads

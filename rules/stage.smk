@@ -7,6 +7,7 @@ rule stage:
         include=lambda w: " ".join(f"--include '{g}'" for g in src(w).include),
         exclude=lambda w: " ".join(f"--exclude '{g}'" for g in src(w).exclude),
         fingerprint=source_fingerprint,
+        schema_version=SCHEMA_VERSION,
         cache=lambda w: f"{WORK}/cache/stage/{w.source}.hashes.parquet",
         workers=lambda w: src(w).settings["stage"]["hash_workers"],
     log:

@@ -64,6 +64,9 @@ def test_run_preview_and_incremental_rerun(sample_photos, model_dir, tmp_path, d
     summary = (tmp_path / "work" / "reports" / "embed_summary.txt").read_text()
     assert "13 images" in summary and "TOTAL" in summary
     assert (tmp_path / "work" / "logs" / "embed" / "photos.log").read_text().count("img/s") >= 1
+    raw = tmp_path / "out" / "raw" / "photos"
+    manifest = json.loads((raw / "manifest.json").read_text())
+    assert len(manifest["faces"]) == len(faces) and (raw / "_singletons").is_dir()
 
     assert "Nothing to be done" in run_snakemake([*base, "-n"], tmp_path).stdout
     # the device is not a rerun trigger

@@ -1,0 +1,616 @@
+"""Benchmark: our cluster engine against the seed's method, on synthetic faces with ground truth.
+
+* Data: ``facesets.synth.synthetic_faces(n, seed=--data-seed)`` (Zipf identity sizes,
+  sub-modes, look-alike pairs, low-quality and noise faces, photos of 1-6 different people).
+* Ours: ``facesets.clustering.cluster_faces(keys, emb, photo, threshold)`` with
+  ``method="auto"`` (exact up to ``exact_max`` faces, graph above) and, where auto is exact,
+  ``method="graph"`` too. Cannot-link: faces of one photo never share a cluster.
+* The seed's method: ``sklearn.cluster.AgglomerativeClustering(metric="precomputed",
+  linkage="average", distance_threshold=t)`` on the dense float64 cosine distance matrix
+  (``sklearn.metrics.pairwise.cosine_distances``); no cannot-link. Run up to ``--seed-max``
+  faces (it needs ~3 x 8n² bytes: the n×n matrix, sklearn's triu index arrays and the
+  condensed copy), skipped when MemAvailable is short of its estimate.
+* Every run is a fresh subprocess of this script (``--worker``) that loads the table from
+  ``.npy`` files, so its wall time counts only the clustering call and its peak RSS (VmHWM)
+  is its own (inputs included). Other processes' CPU use during each run is measured from
+  /proc/stat and reported.
+* Quality vs ground truth: pairwise and BCubed precision/recall/F (``facesets.metrics``),
+  cannot-link violations (pairs of faces of one photo in one cluster). Graph vs exact:
+  BCubed/pairwise F of the graph labels taking the exact labels as truth, on the full set
+  where exact runs, and on a subsample of whole photos (``--subsample`` faces) above that.
+
+Sizes run in increasing order and the "cluster engine" section of ``docs/benchmarks.md``
+is rewritten after every run (other sections are kept), so partial results survive.
+
+    python benchmarks/bench_cluster.py [--sizes 5000,20000,100000,1000000] [--seed-max 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from facesets.clustering import EXACT_MAX  # noqa: E402
+from facesets.metrics import bcubed_prf, pairwise_prf  # noqa: E402
+from facesets.synth import pair_distance_percentiles, synthetic_faces  # noqa: E402
+
+SECTION = "## cluster engine: ours vs the seed's method"
+HEADER = "# Benchmarks\n"
+GIB = 1024**3
+TARGETS = {"t_1e5_s": 60.0, "t_1e6_s": 15 * 60.0, "peak_gib": 12.0, "speedup_20k": 10.0}
+
+
+# --------------------------------------------------------------------------- worker (subprocess)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def seed_method(emb: np.ndarray, threshold: float) -> np.ndarray:
+    """The seed's clustering: sklearn average linkage on the dense cosine distance matrix."""
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.metrics.pairwise import cosine_distances
+
+    d = cosine_distances(np.asarray(emb, np.float64))
+    model = AgglomerativeClustering(
+        n_clusters=None, metric="precomputed", linkage="average", distance_threshold=threshold
+    )
+    return model.fit(d).labels_
+
+
+def worker(args: argparse.Namespace) -> int:
+    data = Path(args.data)
+    emb = np.load(data / "emb.npy")
+    keys = np.load(data / "keys.npy")
+    photo = np.load(data / "photo.npy")
+    if args.subset:
+        idx = np.load(data / args.subset)
+        emb, keys, photo = emb[idx], keys[idx], photo[idx]
+    if args.worker == "seed":
+        import sklearn.cluster
+        import sklearn.metrics.pairwise  # noqa: F401
+    else:
+        import faiss  # noqa: F401
+        import scipy.cluster.hierarchy  # noqa: F401
+
+        from facesets.clustering import cluster_faces
+    rss_in = _status_kib("VmRSS")
+    t0 = time.perf_counter()
+    if args.worker == "seed":
+        labels, used = seed_method(emb, args.threshold), "seed"
+    else:
+        kw = {} if args.k is None else {"k": args.k}
+        res = cluster_faces(keys, emb, photo, args.threshold, method=args.worker, **kw)
+        labels, used = res.labels, res.method
+    seconds = time.perf_counter() - t0
+    np.save(args.result + ".labels.npy", np.asarray(labels, np.int64))
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    out = {
+        "seconds": seconds,
+        "method_used": used,
+        # VmHWM, not ru_maxrss: ru_maxrss survives execve, so it would report the parent's peak
+        "peak_rss_kib": _status_kib("VmHWM"),
+        "input_rss_kib": rss_in,
+        "cpu_s": ru.ru_utime + ru.ru_stime,
+    }
+    Path(args.result).write_text(json.dumps(out))
+    return 0
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def _busy_jiffies() -> tuple[int, int]:
+    with open("/proc/stat") as fh:
+        v = [int(x) for x in fh.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return sum(v) - idle, sum(v)
+
+
+def mem_available() -> int:
+    with contextlib.suppress(OSError), open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def other_load(window_s: float = 3.0) -> float:
+    """CPUs busy over ``window_s`` (this process sleeps meanwhile, so: other processes)."""
+    b0, t0 = _busy_jiffies()
+    time.sleep(window_s)
+    b1, t1 = _busy_jiffies()
+    return (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
+
+
+def wait_idle(max_wait_s: float, limit: float = 0.3) -> float:
+    """Wait (up to ``max_wait_s``) until other processes use less than ``limit`` CPUs."""
+    deadline = time.monotonic() + max_wait_s
+    load = other_load()
+    while load > limit and time.monotonic() < deadline:
+        load = other_load()
+    return load
+
+
+def run_worker(method: str, data: Path, threshold: float, k: int | None, timeout: float, subset: str = "") -> dict:
+    tag = f"{method}{'-' + Path(subset).stem if subset else ''}"
+    result = data / f"result-{tag}.json"
+    for p in (result, Path(str(result) + ".labels.npy")):
+        p.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", method, "--data", str(data)]
+    cmd += ["--result", str(result), "--threshold", str(threshold)]
+    if k is not None:
+        cmd += ["--k", str(k)]
+    if subset:
+        cmd += ["--subset", subset]
+    hz = os.sysconf("SC_CLK_TCK")
+    ncpu = os.cpu_count() or 1
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    b0, _ = _busy_jiffies()
+    t0 = time.perf_counter()
+    out: dict = {"method": method}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        ok = proc.returncode == 0 and result.exists()
+        if not ok:
+            out["error"] = f"exit {proc.returncode}: {(proc.stderr or '')[-600:]}"
+    except subprocess.TimeoutExpired:
+        ok = False
+        out["error"] = f"timed out after {timeout:.0f} s"
+    wall = time.perf_counter() - t0
+    b1, _ = _busy_jiffies()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    other = max(0.0, ((b1 - b0) / hz - child_cpu) / max(wall, 1e-9))
+    out["other_load_cpus"] = min(other, float(ncpu))
+    out["process_wall_s"] = wall
+    if ok:
+        out |= json.loads(result.read_text())
+        out["labels"] = np.load(str(result) + ".labels.npy")
+    return out
+
+
+def violations(photo: np.ndarray, labels: np.ndarray) -> int:
+    """Pairs of faces of one photo that share a cluster."""
+    _, inv = np.unique(labels, return_inverse=True)
+    _, c = np.unique(photo.astype(np.int64) * (int(inv.max()) + 1) + inv, return_counts=True)
+    return int((c * (c - 1) // 2).sum())
+
+
+def score(run: dict, truth: np.ndarray, photo: np.ndarray) -> dict:
+    lab = run.pop("labels")
+    run["clusters"] = len(np.unique(lab))
+    run["pairwise"] = pairwise_prf(truth, lab)
+    run["bcubed"] = bcubed_prf(truth, lab)
+    run["violations"] = violations(photo, lab)
+    return lab
+
+
+def photo_subsample(photo: np.ndarray, target: int, seed: int) -> np.ndarray:
+    """Rows of randomly chosen whole photos, about ``target`` faces."""
+    rng = np.random.default_rng(seed)
+    ids = np.unique(photo)
+    order = rng.permutation(ids)
+    sizes = np.bincount(photo)[order]
+    take = order[: int(np.searchsorted(np.cumsum(sizes), target)) + 1]
+    return np.flatnonzero(np.isin(photo, take))
+
+
+def summarize_truth(f) -> dict:
+    sizes = np.bincount(f.identity)
+    sizes = sizes[sizes > 0]
+    return {
+        "identities": len(sizes),
+        "largest": int(sizes.max()),
+        "singleton_ids": int((sizes == 1).sum()),
+        "ids_ge_1000": int((sizes >= 1000).sum()),
+        "ids_ge_100": int((sizes >= 100).sum()),
+        "photos": len(np.unique(f.photo)),
+        "noise": int(f.noise.sum()),
+        "low_quality": int(f.low_quality.sum()),
+        "lookalike_pairs": int((f.twin >= 0).sum() // 2),
+    }
+
+
+def bench_size(n: int, args: argparse.Namespace, results: dict, flush) -> None:
+    entry: dict = {"n": n, "runs": [], "notes": []}
+    results["sizes"].append(entry)
+    t0 = time.perf_counter()
+    f = synthetic_faces(n, seed=args.data_seed)
+    entry["gen_s"] = time.perf_counter() - t0
+    entry["truth"] = summarize_truth(f)
+    entry["distances"] = pair_distance_percentiles(f, n_pairs=100_000)
+    data = Path(args.work) / f"n{n}"
+    data.mkdir(parents=True, exist_ok=True)
+    np.save(data / "emb.npy", f.emb)
+    np.save(data / "keys.npy", f.keys)
+    np.save(data / "photo.npy", f.photo)
+    truth, photo = f.identity, f.photo
+    del f
+    flush()
+    labels: dict[str, np.ndarray] = {}
+
+    def do(name: str, method: str, subset: str = "", sub_truth=None, sub_photo=None) -> dict | None:
+        if args.wait_idle > 0:
+            load = wait_idle(args.wait_idle)
+            print(f"[n={n}] other load before the run: {load:.2f} CPUs", flush=True)
+        print(f"[n={n}] {name} ...", flush=True)
+        results["current"] = f"{name} at n={fmt_n(n)}, started {utc_date()}"
+        run = run_worker(method, data, args.threshold, args.k, args.run_timeout, subset)
+        run["name"] = name
+        if "error" in run:
+            print(f"[n={n}] {name}: {run['error']}", flush=True)
+        else:
+            t, p = (truth, photo) if sub_truth is None else (sub_truth, sub_photo)
+            labels[name] = score(run, t, p)
+            print(
+                f"[n={n}] {name}: {run['seconds']:.1f} s, peak {run['peak_rss_kib'] / 1024**2:.2f} GiB, "
+                f"{run['clusters']} clusters, bcubed F {run['bcubed'][2]:.4f}, pairwise F {run['pairwise'][2]:.4f}, "
+                f"violations {run['violations']}, other load {run['other_load_cpus']:.2f}",
+                flush=True,
+            )
+        (entry["sub_runs"] if subset else entry["runs"]).append(run)
+        results.pop("current", None)
+        flush()
+        return run
+
+    auto = do("ours (auto)", "auto")
+    auto_method = (auto or {}).get("method_used", "exact" if n <= EXACT_MAX else "graph")
+    if auto_method != "graph":
+        do("ours (graph)", "graph")
+    if n <= args.seed_max:
+        need = 3 * 8 * n * n
+        avail = mem_available()
+        if avail and avail < need * 1.15:
+            entry["notes"].append(
+                f"seed's method skipped: needs ~{need / GIB:.1f} GiB, {avail / GIB:.1f} GiB available"
+            )
+        else:
+            do("seed's method (sklearn)", "seed")
+    if "ours (graph)" in labels and auto_method == "exact" and "ours (auto)" in labels:
+        ex, gr = labels["ours (auto)"], labels["ours (graph)"]
+        entry["graph_vs_exact"] = {"n": n, "bcubed": bcubed_prf(ex, gr), "pairwise": pairwise_prf(ex, gr)}
+    if "seed's method (sklearn)" in labels and auto_method == "exact" and "ours (auto)" in labels:
+        ex, sd = labels["ours (auto)"], labels["seed's method (sklearn)"]
+        entry["seed_vs_exact"] = {"bcubed": bcubed_prf(ex, sd), "pairwise": pairwise_prf(ex, sd)}
+    if n > EXACT_MAX and args.subsample:
+        idx = photo_subsample(photo, args.subsample, seed=args.data_seed + 1)
+        np.save(data / "subsample.npy", idx)
+        st, sp = truth[idx], photo[idx]
+        entry["sub_runs"] = []
+        entry["subsample_n"] = len(idx)
+        sub: dict[str, np.ndarray] = {}
+        for method in ("exact", "graph"):
+            r = do(f"subsample: ours ({method})", method, "subsample.npy", st, sp)
+            if r is not None and "error" not in r:
+                sub[method] = labels[f"subsample: ours ({method})"]
+        if len(sub) == 2:
+            entry["graph_vs_exact"] = {
+                "n": len(idx),
+                "bcubed": bcubed_prf(sub["exact"], sub["graph"]),
+                "pairwise": pairwise_prf(sub["exact"], sub["graph"]),
+            }
+        flush()
+    for p in data.glob("result-*"):
+        p.unlink()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    import faiss
+    import scipy
+    import sklearn
+
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {
+        "cpu": cpu,
+        "cores": f"{os.cpu_count()} logical ({usable} usable by this process)",
+        "ram": f"{mem / GIB:.1f} GiB",
+        "os": platform.platform(),
+        "versions": (
+            f"Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
+            f"scikit-learn {sklearn.__version__}, faiss-cpu {faiss.__version__}"
+        ),
+    }
+
+
+def utc_date() -> str:
+    try:
+        return subprocess.run(["date", "-u"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime())
+
+
+def verdict(flag: bool | None, detail: str) -> str:
+    if flag is None:
+        return f"**NOT MEASURED** ({detail})"
+    return f"{'**PASS**' if flag else '**FAIL**'} ({detail})"
+
+
+def fmt_n(n: int) -> str:
+    return f"{n:,}".replace(",", " ")
+
+
+def run_row(r: dict) -> str:
+    if "error" in r:
+        return f"| {r['name']} | {r['error']} | | | | | | | | | | |"
+    pw, bc = r["pairwise"], r["bcubed"]
+    name = r["name"] + (f" → {r['method_used']}" if r["method"] == "auto" else "")
+    return (
+        f"| {name} | {r['seconds']:.2f} | {r['peak_rss_kib'] / 1024**2:.2f} | {fmt_n(r['clusters'])} | "
+        f"{pw[0]:.4f} | {pw[1]:.4f} | {pw[2]:.4f} | {bc[0]:.4f} | {bc[1]:.4f} | {bc[2]:.4f} | "
+        f"{fmt_n(r['violations'])} | {r['other_load_cpus']:.2f} |"
+    )
+
+
+TABLE_HEAD = (
+    "| run | seconds | peak RSS GiB | clusters | pair P | pair R | pair F | BCubed P | BCubed R | BCubed F "
+    "| cannot-link violations | other load (CPUs) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def find(entry: dict, name: str) -> dict | None:
+    return next((r for r in entry["runs"] if r["name"] == name and "error" not in r), None)
+
+
+def targets(results: dict) -> list[str]:
+    by_n = {e["n"]: e for e in results["sizes"]}
+    lines = []
+    e = by_n.get(100_000)
+    r = find(e, "ours (auto)") if e else None
+    lines.append(
+        "- 1e5 faces < 60 s (ours, auto): "
+        + verdict(None if r is None else r["seconds"] < 60, f"{r['seconds']:.1f} s" if r else "not run")
+    )
+    e = by_n.get(1_000_000)
+    r = find(e, "ours (auto)") if e else None
+    err = next((x.get("error") for x in (e or {"runs": []})["runs"] if x["name"] == "ours (auto)"), None)
+    lines.append(
+        "- 1e6 faces < 15 min (ours, auto): "
+        + verdict(
+            None if r is None and not err else (r is not None and r["seconds"] < 900),
+            f"{r['seconds'] / 60:.1f} min" if r else (err or "not run"),
+        )
+    )
+    ours = [
+        (x["peak_rss_kib"] / 1024**2, e["n"], x["name"])
+        for e in results["sizes"]
+        for x in e["runs"] + e.get("sub_runs", [])
+        if "error" not in x and x["method"] != "seed"
+    ]
+    if ours:
+        peak, n, name = max(ours)
+        lines.append(
+            "- Peak memory < 12 GB (every run of ours): "
+            + verdict(peak * GIB < 12e9, f"max {peak:.2f} GiB = {peak * GIB / 1e9:.2f} GB, {name} at n={fmt_n(n)}")
+        )
+    cmp = []
+    for e in results["sizes"]:
+        s = find(e, "seed's method (sklearn)")
+        if s is None:
+            continue
+        for name in ("ours (auto)", "ours (graph)"):
+            o = find(e, name)
+            if o is not None:
+                cmp.append((e["n"], name, o["bcubed"][2], s["bcubed"][2]))
+    if cmp:
+        main = [c for c in cmp if c[1] == "ours (auto)"]
+        flag = all(o >= s for _, _, o, s in main) if main else None
+        detail = "; ".join(f"n={fmt_n(n)} {name} {o:.4f} vs seed {s:.4f}" for n, name, o, s in cmp)
+        lines.append("- BCubed F of ours (auto) >= the seed's, same threshold: " + verdict(flag, detail))
+    else:
+        lines.append("- BCubed F of ours >= the seed's: " + verdict(None, "the seed's method did not run"))
+    e = by_n.get(20_000)
+    s = find(e, "seed's method (sklearn)") if e else None
+    o = find(e, "ours (auto)") if e else None
+    g = find(e, "ours (graph)") if e else None
+    if s and o:
+        detail = f"seed {s['seconds']:.1f} s / ours auto ({o['method_used']}) {o['seconds']:.1f} s = {s['seconds'] / o['seconds']:.1f}x"
+        if g:
+            detail += f"; ours graph {g['seconds']:.1f} s = {s['seconds'] / g['seconds']:.1f}x"
+        lines.append(
+            "- >= 10x faster than the seed's method at 20k (ours, auto): "
+            + verdict(s["seconds"] / o["seconds"] >= 10, detail)
+        )
+    else:
+        lines.append("- >= 10x faster than the seed's method at 20k: " + verdict(None, "not run"))
+    return lines
+
+
+def render(results: dict) -> str:
+    m = results["machine"]
+    out = [
+        SECTION,
+        "",
+        f"- Date: {results['date']}" + ("" if results.get("done") or results.get("interrupted") else " (in progress)"),
+        f"- Machine: {m['cpu']}; {m['cores']}; {m['ram']} RAM; {m['os']}",
+        f"- Software: {m['versions']}",
+        f"- Command: `{results['command']}`",
+        f"- Threshold {results['threshold']} (cosine distance, merge while < threshold); data seed "
+        f"{results['data_seed']}; `exact_max` = {fmt_n(EXACT_MAX)}; each run in its own process "
+        "(seconds = the clustering call only; peak RSS = that process's VmHWM, inputs included).",
+        "- Data: `facesets.synth.synthetic_faces` (Zipf identity sizes with a singleton tail, sub-modes, "
+        "look-alike pairs, 10% low-quality faces, 3% noise faces, photos of 1-6 different people).",
+        "- Quality vs ground truth identities; cannot-link violations = pairs of faces of one photo in one "
+        "cluster (ours forbids them, the seed's method has no such constraint). "
+        '"other load" = CPU use of other processes during the run, in CPUs of '
+        f"{os.cpu_count()}: above ~0.2 the machine was not idle and times are inflated.",
+        "",
+        "Targets:",
+        "",
+        *targets(results),
+        "",
+    ]
+    if results.get("current"):
+        out += [f"Running now: {results['current']}.", ""]
+    if results.get("interrupted"):
+        out += [f"**Incomplete run**: {results['interrupted']} (runs not shown did not finish).", ""]
+    for e in results["sizes"]:
+        t = e["truth"]
+        out += [f"### n = {fmt_n(e['n'])}", ""]
+        out.append(
+            f"Ground truth: {fmt_n(t['identities'])} identities (largest {fmt_n(t['largest'])}, "
+            f"{t['ids_ge_1000']} with >= 1000 faces, {t['ids_ge_100']} with >= 100, {fmt_n(t['singleton_ids'])} "
+            f"singletons incl. {fmt_n(t['noise'])} noise faces), {fmt_n(t['low_quality'])} low-quality faces, "
+            f"{t['lookalike_pairs']} look-alike pairs, {fmt_n(t['photos'])} photos; generated in {e['gen_s']:.1f} s."
+        )
+        d = e["distances"]
+        parts = []
+        for kind in ("same", "same_good", "lookalike", "different"):
+            if d.get(kind):
+                v = d[kind]
+                parts.append(
+                    f"{kind} p5/p25/p50/p75/p95 {v['p5']:.2f}/{v['p25']:.2f}/{v['p50']:.2f}/{v['p75']:.2f}/{v['p95']:.2f}"
+                )
+        out += ["", "Cosine distances of random face pairs: " + "; ".join(parts) + ".", ""]
+        out += [TABLE_HEAD, *[run_row(r) for r in e["runs"]]]
+        if e.get("sub_runs"):
+            out += [
+                f"| *subsample of whole photos, {fmt_n(e.get('subsample_n', 0))} faces:* | | | | | | | | | | | |",
+                *[run_row(r) for r in e["sub_runs"]],
+            ]
+        out.append("")
+        s = find(e, "seed's method (sklearn)")
+        for name in ("ours (auto)", "ours (graph)"):
+            o = find(e, name)
+            if s and o:
+                out.append(f"- Speed-up of {name} over the seed's method: {s['seconds'] / o['seconds']:.1f}x.")
+        if "graph_vs_exact" in e:
+            gv = e["graph_vs_exact"]
+            where = "full set" if gv["n"] == e["n"] else f"subsample of {fmt_n(gv['n'])} faces"
+            out.append(
+                f"- Graph vs exact ({where}, exact labels as truth): BCubed P/R/F "
+                f"{gv['bcubed'][0]:.4f}/{gv['bcubed'][1]:.4f}/{gv['bcubed'][2]:.4f}, pairwise F {gv['pairwise'][2]:.4f}."
+            )
+        if "seed_vs_exact" in e:
+            sv = e["seed_vs_exact"]
+            out.append(
+                f"- The seed's method vs ours exact (exact as truth): BCubed F {sv['bcubed'][2]:.4f}, "
+                f"pairwise F {sv['pairwise'][2]:.4f} (differences come from cannot-link)."
+            )
+        out += [f"- {note}" for note in e["notes"]]
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def write_section(out: Path, section: str) -> None:
+    """Replace (or add) our section in ``out``, keeping every other section."""
+    text = out.read_text(encoding="utf-8") if out.exists() else ""
+    if not text.strip():
+        text = HEADER
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        after = "".join(lines[end:])
+        new = "".join(lines[:start]) + section + ("\n" + after if after else "")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(new, encoding="utf-8")
+    os.replace(tmp, out)
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {k: _jsonable(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, np.generic):
+        return o.item()
+    return o
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="5000,20000,100000,1000000")
+    ap.add_argument("--seed-max", type=int, default=20000, help="largest n to run the seed's method on")
+    ap.add_argument("--threshold", type=float, default=0.55)
+    ap.add_argument("--k", type=int, default=None, help="kNN degree for the graph path (default: the API's)")
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--subsample", type=int, default=EXACT_MAX, help="graph vs exact subsample above exact_max")
+    ap.add_argument("--run-timeout", type=float, default=3600.0, help="seconds per run before it is killed")
+    ap.add_argument("--wait-idle", type=float, default=0.0, help="wait up to this many seconds for an idle CPU per run")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    ap.add_argument("--work", default=str(REPO / "work" / "bench_cluster"))
+    ap.add_argument("--worker", choices=["auto", "exact", "graph", "seed"], help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--subset", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return worker(args)
+
+    sizes = sorted(int(float(s)) for s in args.sizes.split(",") if s.strip())
+    argv_shown = sys.argv[1:] if argv is None else argv
+    results = {
+        "date": utc_date(),
+        "machine": machine(),
+        "command": "python benchmarks/bench_cluster.py " + shlex.join(argv_shown),
+        "threshold": args.threshold,
+        "data_seed": args.data_seed,
+        "sizes": [],
+    }
+    raw = Path(args.work) / "results.json"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+
+    def flush() -> None:
+        raw.write_text(json.dumps(_jsonable(results), indent=1))
+        write_section(args.out, render(results))
+
+    def on_term(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        for n in sizes:
+            bench_size(n, args, results, flush)
+    except KeyboardInterrupt:
+        results["interrupted"] = f"stopped at {utc_date()} while running {results.pop('current', '?')}"
+        print(results["interrupted"], flush=True)
+        flush()
+        return 130
+    results["done"] = True
+    flush()
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""Identity thresholds per embedding model: the one place they are defined.
+
+Every stage that compares embeddings (cluster, refine, extend, routing, era split) takes its
+numbers from the profile of the model that produced the face table, so switching the backend
+never leaves a buffalo_l number applied to SFace embeddings. docs/thresholds.md explains the
+SFace calibration. All values are cosine distances (1 - cosine similarity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ModelThresholds:
+    name: str
+    match: float  # a face joins an existing identity (distance to its centroid/prototype)
+    cluster: float  # average-linkage cut for raw clusters
+    merge: float  # centroid merge of clusters
+    outlier: float  # outlier rejection (face to centroid), clusters >= 4 faces
+    outlier_tight: float  # second, tighter pass (hand-sorted identities, export gate)
+
+    def as_dict(self) -> dict[str, float | str]:
+        return asdict(self)
+
+
+# The seed's numbers, for insightface packs with an ArcFace recognizer (buffalo_l).
+ARCFACE = ModelThresholds("arcface-buffalo_l", match=0.45, cluster=0.55, merge=0.40, outlier=0.55, outlier_tight=0.45)
+# SFace (opencv backend): calibrated, see docs/thresholds.md.
+SFACE = ModelThresholds("sface-2021dec", match=0.42, cluster=0.52, merge=0.38, outlier=0.52, outlier_tight=0.42)
+
+_BY_PREFIX = (("opencv-yunet-sface", SFACE), ("insightface-", ARCFACE))
+
+
+def for_model(model_id: str) -> ModelThresholds:
+    """The profile for a face table's ``model_id``."""
+    for prefix, profile in _BY_PREFIX:
+        if model_id.startswith(prefix):
+            return profile
+    raise ValueError(f"no threshold profile for model {model_id!r}; known prefixes: {[p for p, _ in _BY_PREFIX]}")
