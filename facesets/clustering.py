@@ -126,25 +126,23 @@ def dense_average_linkage(emb: np.ndarray, groups: np.ndarray, threshold: float)
 # --------------------------------------------------------------------------- graph (scalable)
 
 
-def epsilon_graph(emb: np.ndarray, threshold: float, max_pairs: int = 60_000_000) -> np.ndarray | None:
-    """Every pair (i, j), i < j, closer than ``threshold`` (faiss range search, exact).
+def epsilon_graph(emb: np.ndarray, threshold: float, max_pairs: int = 60_000_000, block: int = 2048) -> np.ndarray | None:
+    """Every pair (i, j), i < j, closer than ``threshold`` (exact; blocked BLAS products).
 
+    Only the upper triangle is computed, ``block`` rows at a time (memory ~ block x n floats).
     Returns None when there are more than ``max_pairs`` such pairs (memory guard).
     """
-    import faiss
-
     x = np.ascontiguousarray(emb, dtype=np.float32)
-    n, d = x.shape
-    index = faiss.IndexFlatIP(d)
-    index.add(x)
-    radius = 1.0 - threshold - 1e-4  # a small margin: exact distances are recomputed later
+    n = len(x)
+    cut = np.float32(1.0 - threshold - 1e-4)  # a small margin: exact distances are recomputed later
     parts, total = [], 0
-    for s in range(0, n, 4096):
-        lims, _, idx = index.range_search(x[s : s + 4096], radius)
-        rows = np.repeat(np.arange(s, s + len(lims) - 1), np.diff(lims.astype(np.int64)))
-        keep = idx > rows
-        parts.append(np.stack([rows[keep], idx[keep].astype(np.int64)], 1))
-        total += int(keep.sum())
+    for s in range(0, n, block):
+        sims = x[s : s + block] @ x[s:].T
+        rows, cols = np.nonzero(sims > cut)
+        keep = cols > rows  # within the diagonal block, only j > i
+        pairs = np.stack([rows[keep] + s, cols[keep] + s], 1).astype(np.int64)
+        parts.append(pairs)
+        total += len(pairs)
         if total > max_pairs:
             return None
     return np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
@@ -226,7 +224,11 @@ def _rnn_rounds(st: _GraphState, threshold: float, min_fraction: float = 0.02, m
         e, d = st.edges, st.dist
         node = np.concatenate([e[:, 0], e[:, 1]])
         nbr = np.concatenate([e[:, 1], e[:, 0]])
-        order = np.lexsort((nbr, np.concatenate([d, d]), node))
+        dd = np.concatenate([d, d])
+        if n < 1 << 22:  # one float key sorts by (node, distance), ~1e-9 resolution left for d
+            order = np.argsort(node + dd * 0.5, kind="stable")
+        else:
+            order = np.lexsort((nbr, dd, node))
         node, nbr = node[order], nbr[order]
         first = np.r_[True, node[1:] != node[:-1]]
         best = np.full(n, -1)
