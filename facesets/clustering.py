@@ -225,10 +225,8 @@ def _rnn_rounds(st: _GraphState, threshold: float, min_fraction: float = 0.02, m
         node = np.concatenate([e[:, 0], e[:, 1]])
         nbr = np.concatenate([e[:, 1], e[:, 0]])
         dd = np.concatenate([d, d])
-        if n < 1 << 22:  # one float key sorts by (node, distance), ~1e-9 resolution left for d
-            order = np.argsort(node + dd * 0.5, kind="stable")
-        else:
-            order = np.lexsort((nbr, dd, node))
+        # one float key sorts by (node, distance) while ids < 2**22 (~1e-9 resolution left for d)
+        order = np.argsort(node + dd * 0.5, kind="stable") if n < 1 << 22 else np.lexsort((nbr, dd, node))
         node, nbr = node[order], nbr[order]
         first = np.r_[True, node[1:] != node[:-1]]
         best = np.full(n, -1)
