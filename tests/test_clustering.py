@@ -140,3 +140,26 @@ def test_nearest_identity_threshold_and_one_face_per_identity_per_photo():
     protos = np.vstack([ids[1], C.normalize(near0[0])])
     multi = C.nearest_identity(emb[:1], ["x"], protos, np.array([1, 1]), threshold=0.45)
     assert multi.identity[0] == 1
+
+
+@pytest.mark.slow
+def test_exact_path_equals_textbook_hac_on_real_faces(demo_photos, tmp_path, opencv_analyzer):
+    """Real SFace embeddings of the demo photos: exact path == SciPy's dense HAC, at several cuts."""
+    from facesets import schema
+    from facesets.embed import EmbedOptions, embed_listing
+    from facesets.listing import stage_source
+    from facesets.store import FaceStore
+
+    listing = stage_source("demo", demo_photos, ["**/*.jpg", "**/*.png"], [], tmp_path / "l.parquet")
+    out = tmp_path / "faces.parquet"
+    embed_listing(listing, opencv_analyzer, FaceStore(tmp_path / "store", opencv_analyzer.model_id), EmbedOptions(), out, True)
+    faces = schema.read_table(out)
+    assert len(faces) > 150
+    emb = np.stack(faces.embedding.to_numpy())
+    for t in (0.52, 0.7, 0.85):  # 0.85 forces many merges, with cannot-link in play
+        exact = C.cluster_faces(faces.face_key, emb, faces.sha256, t, method="exact").labels
+        dense = C.cluster_faces(faces.face_key, emb, faces.sha256, t, method="dense").labels
+        assert np.array_equal(exact, dense), t
+        alone = np.arange(len(faces))
+        unconstrained = C.cluster_faces(faces.face_key, emb, alone, t, method="exact").labels
+        assert _same_partition(unconstrained, _scipy_reference(C.normalize(emb), t)), t
