@@ -32,20 +32,23 @@ def _setup_logging(log_file: str | None, verbose: bool) -> None:
     )
 
 
-def _embed_settings(args: argparse.Namespace) -> dict:
-    """The validated ``embed`` section: schema defaults < --config files < --embed-settings < flags."""
+def _section_settings(args: argparse.Namespace, section: str, flags: tuple[str, ...], extra: dict | None = None) -> dict:
+    """A validated config section: schema defaults < --configfile < --<section>-settings JSON < flags."""
     settings: dict = {}
     if args.configfile:
-        settings = dict(load_config_files(args.configfile).settings["embed"])
-    if args.embed_settings:
-        settings.update(json.loads(args.embed_settings))
-    for key in ("det_size", "workers", "batch_images", "min_face"):
-        if getattr(args, key, None) is not None:
-            settings[key] = getattr(args, key)
-    if args.det_thresh is not None:
-        settings.setdefault(args.backend, {})["det_thresh"] = args.det_thresh
-    schema = load_schema("config")["properties"]["embed"]
-    return validate(settings, schema, "embed settings (command line)")
+        settings = dict(load_config_files(args.configfile).settings[section])
+    raw = getattr(args, f"{section}_settings", None)
+    if raw:
+        settings.update(json.loads(raw))
+    settings.update({k: getattr(args, k) for k in flags if getattr(args, k, None) is not None})
+    for key, value in (extra or {}).items():
+        settings[key] = {**settings.get(key, {}), **value}
+    return validate(settings, load_schema("config")["properties"][section], f"{section} settings (command line)")
+
+
+def _embed_settings(args: argparse.Namespace) -> dict:
+    extra = {args.backend: {"det_thresh": args.det_thresh}} if args.det_thresh is not None else None
+    return _section_settings(args, "embed", ("det_size", "workers", "batch_images", "min_face"), extra)
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
@@ -111,15 +114,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     from facesets import schema, thresholds
     from facesets.rawclusters import ClusterOptions, run_cluster
 
-    settings: dict = {}
-    if args.configfile:
-        settings = dict(load_config_files(args.configfile).settings["cluster"])
-    if args.cluster_settings:
-        settings.update(json.loads(args.cluster_settings))
-    for key in ("threshold", "link_mode", "method", "exact_max", "knn"):
-        if getattr(args, key, None) is not None:
-            settings[key] = getattr(args, key)
-    settings = validate(settings, load_schema("config")["properties"]["cluster"], "cluster settings (command line)")
+    settings = _section_settings(args, "cluster", ("threshold", "link_mode", "method", "exact_max", "knn"))
     threshold = settings["threshold"]
     if threshold is None:
         ids = schema.read_table(args.cache, ["model_id"])["model_id"].unique()
