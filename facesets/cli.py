@@ -94,6 +94,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     else:
         log.error("%s: not a folder or a listing .parquet file", src)
         return 2
+    if args.shard:
+        from facesets.shards import parse_shard, select_shard
+
+        listing = select_shard(listing, *parse_shard(args.shard))
     model_dir = Path(args.model_dir or cache.parent / "models")
     analyzer = create_analyzer(args.backend, settings, providers=args.providers.split(","), model_dir=model_dir)
     store = FaceStore(Path(args.store or cache.parent / "store"), analyzer.model_id)
@@ -106,6 +110,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
         workers=workers,
     )
     stats = embed_listing(listing, analyzer, store, opts, cache, plain_progress=args.plain_progress)
+    print(json.dumps(stats.__dict__))
+    return 0
+
+
+def cmd_merge_shards(args: argparse.Namespace) -> int:
+    from facesets.shards import merge_shards
+
+    stats = merge_shards([Path(p) for p in args.shards], Path(args.out))
     print(json.dumps(stats.__dict__))
     return 0
 
@@ -209,8 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--min-face", type=int)
     e.add_argument("--workers", type=int)
     e.add_argument("--batch-images", type=int)
+    e.add_argument("--shard", help="I/N: embed only shard I of N (photos split by sha256)")
     e.add_argument("--plain-progress", action="store_true", help="log lines instead of a progress bar")
     e.set_defaults(func=cmd_embed)
+
+    ms = sub.add_parser("merge-shards", help="merge shard face tables into one source face table")
+    ms.add_argument("out", help="output face table (.parquet)")
+    ms.add_argument("shards", nargs="+", help="shard face tables from `facesets embed --shard I/N`")
+    ms.set_defaults(func=cmd_merge_shards)
 
     k = sub.add_parser(
         "cluster", help="raw clusters of a face table: person_NNN/, _singletons/, _noface/, manifest.json"
@@ -252,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.log, args.verbose)
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, ValueError) as exc:
         log.error("%s", exc)
         return 2
     except KeyboardInterrupt:

@@ -78,6 +78,33 @@ def _fill_defaults(instance: Any, schema: Mapping[str, Any]) -> None:
             _fill_defaults(instance[key], sub)
 
 
+def _coerce_scalars(instance: Any, schema: Mapping[str, Any]) -> None:
+    """Turn strings into the numbers/booleans the schema asks for, in place.
+
+    ``snakemake --config 'embed={shards: 3}'`` delivers nested values as strings; a value that
+    does not parse is left alone, so validation still reports it.
+    """
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance:
+            continue
+        value, types = instance[key], sub.get("type")
+        types = set(types) if isinstance(types, list) else {types}
+        if isinstance(value, str):
+            for t, conv in (("integer", int), ("number", float)):
+                if t in types:
+                    try:
+                        instance[key] = conv(value)
+                        break
+                    except ValueError:
+                        pass
+            if "boolean" in types and value.lower() in ("true", "false"):
+                instance[key] = value.lower() == "true"
+        elif isinstance(value, dict):
+            _coerce_scalars(value, sub)
+
+
 def _allowed(schema: Mapping[str, Any]) -> str:
     if "enum" in schema:
         return ", ".join(map(str, schema["enum"]))
@@ -118,6 +145,7 @@ def validate(instance: dict[str, Any], schema: Mapping[str, Any], where: str) ->
     if not isinstance(instance, dict):
         raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(instance).__name__}")
     data = copy.deepcopy(instance)
+    _coerce_scalars(data, schema)
     _fill_defaults(data, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))

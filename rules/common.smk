@@ -31,7 +31,7 @@ os.environ.update(
     FACESETS_PROVIDERS=",".join(config["providers"]),
 )
 # Keys that change how fast embed runs but not what it produces.
-NON_RESULT_EMBED_KEYS = ("workers",)
+NON_RESULT_EMBED_KEYS = ("workers", "shards")
 
 
 def source_names():
@@ -62,6 +62,12 @@ def embed_result_settings(wildcards):
     for key in NON_RESULT_EMBED_KEYS:
         s.pop(key, None)
     return json.dumps(s, sort_keys=True)
+
+
+def embed_shard_tables(wildcards):
+    """The shard face tables of a source: embed.shards jobs, merged by rule embed."""
+    n = src(wildcards).settings["embed"]["shards"]
+    return [f"{WORK}/sources/{wildcards.source}/shards/{n}/{i}.faces.parquet" for i in range(n)]
 
 
 def embed_threads(wildcards):

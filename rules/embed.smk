@@ -1,12 +1,17 @@
 # embed: listing + face store -> face table (+ image records, run stats)
 # The face store under {WORK}/store is a cache, not an output: rules read it and add to it.
-rule embed:
+# Each source is embedded in embed.shards independent jobs (photos split by sha256), which run
+# in parallel (local cores or cluster jobs); `embed` merges them into the source's face table.
+rule embed_shard:
     input:
         listing=f"{WORK}/sources/{{source}}/listing.parquet",
     output:
-        faces=f"{WORK}/sources/{{source}}/faces.parquet",
-        images=f"{WORK}/sources/{{source}}/faces.images.parquet",
-        stats=f"{WORK}/sources/{{source}}/faces.stats.json",
+        faces=f"{WORK}/sources/{{source}}/shards/{{n}}/{{shard}}.faces.parquet",
+        images=f"{WORK}/sources/{{source}}/shards/{{n}}/{{shard}}.faces.images.parquet",
+        stats=f"{WORK}/sources/{{source}}/shards/{{n}}/{{shard}}.faces.stats.json",
+    wildcard_constraints:
+        n=r"\d+",
+        shard=r"\d+",
     params:
         backend=lambda w: src(w).settings["backend"],
         settings=embed_result_settings,
@@ -17,14 +22,30 @@ rule embed:
     resources:
         mem_mb=4000,
     log:
-        f"{WORK}/logs/embed/{{source}}.log",
+        f"{WORK}/logs/embed/{{source}}.{{n}}.{{shard}}.log",
     conda:
         "../envs/facesets.yaml"
     shell:
         "facesets embed {input.listing:q} {output.faces:q} --source {wildcards.source}"
+        " --shard {wildcards.shard}/{wildcards.n}"
         " --backend {params.backend} --store {params.store:q} --model-dir {params.model_dir:q}"
         " --embed-settings {params.settings:q} --workers {threads}"
         " --plain-progress 2> {log:q}"
+
+
+rule embed:
+    input:
+        embed_shard_tables,
+    output:
+        faces=f"{WORK}/sources/{{source}}/faces.parquet",
+        images=f"{WORK}/sources/{{source}}/faces.images.parquet",
+        stats=f"{WORK}/sources/{{source}}/faces.stats.json",
+    log:
+        f"{WORK}/logs/embed/{{source}}.merge.log",
+    conda:
+        "../envs/facesets.yaml"
+    shell:
+        "facesets merge-shards {output.faces:q} {input:q} 2> {log:q}"
 
 
 rule embed_summary:

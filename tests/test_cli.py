@@ -27,9 +27,16 @@ def test_embed_rejects_a_source_that_is_neither_folder_nor_listing(tmp_path):
 def test_settings_precedence(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("embed:\n  det_size: 480\n  batch_images: 8\n")
-    ns = argparse.Namespace(configfile=[str(cfg)], embed_settings='{"batch_images": 4, "min_face": 30}',
-                            det_size=320, workers=None, batch_images=None, min_face=None,
-                            det_thresh=0.7, backend="opencv")
+    ns = argparse.Namespace(
+        configfile=[str(cfg)],
+        embed_settings='{"batch_images": 4, "min_face": 30}',
+        det_size=320,
+        workers=None,
+        batch_images=None,
+        min_face=None,
+        det_thresh=0.7,
+        backend="opencv",
+    )
     s = _embed_settings(ns)
     assert s["det_size"] == 320  # flag beats file
     assert s["batch_images"] == 4 and s["min_face"] == 30  # JSON beats file

@@ -152,7 +152,9 @@ def test_exact_path_equals_textbook_hac_on_real_faces(demo_photos, tmp_path, ope
 
     listing = stage_source("demo", demo_photos, ["**/*.jpg", "**/*.png"], [], tmp_path / "l.parquet")
     out = tmp_path / "faces.parquet"
-    embed_listing(listing, opencv_analyzer, FaceStore(tmp_path / "store", opencv_analyzer.model_id), EmbedOptions(), out, True)
+    embed_listing(
+        listing, opencv_analyzer, FaceStore(tmp_path / "store", opencv_analyzer.model_id), EmbedOptions(), out, True
+    )
     faces = schema.read_table(out)
     assert len(faces) > 150
     emb = np.stack(faces.embedding.to_numpy())

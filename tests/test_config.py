@@ -86,3 +86,10 @@ def test_repository_config_is_valid():
 
     cfg = load_config_files([str(REPO / "config" / "config.yaml")])
     assert [s.name for s in cfg.sources] == ["demo"]
+
+
+def test_string_numbers_from_the_command_line_are_coerced(tmp_path):
+    cfg = load_config_files([_write(tmp_path, "embed:\n  shards: '3'\n  det_size: '480'\n")])
+    assert cfg.settings["embed"]["shards"] == 3 and cfg.settings["embed"]["det_size"] == 480
+    with pytest.raises(ConfigError, match=r"embed\.shards"):
+        load_config_files([_write(tmp_path, "embed:\n  shards: three\n")])

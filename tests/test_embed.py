@@ -86,3 +86,31 @@ def test_reduced_decode_keeps_original_coordinates(demo_photos, tmp_path, opencv
     assert np.abs(boxes_b - boxes_s).max() < 4  # same faces, same place, in each file's own pixels
     sims = (np.stack(fb.embedding.values) * np.stack(fs.embedding.values)).sum(1)
     assert (sims > 0.8).all()  # same people
+
+
+def test_sharded_embedding_merges_to_the_single_job_table(sample_photos, tmp_path, opencv_analyzer):
+    from facesets.shards import merge_shards, parse_shard, select_shard, shard_of
+
+    listing = stage_source("s", sample_photos, INC, EXC, tmp_path / "l.parquet")
+    _, single_faces, single_images = _embed(sample_photos, "s", tmp_path, opencv_analyzer, tmp_path / "st1", listing)
+    shard_tables = []
+    for i in range(3):
+        part = select_shard(listing, i, 3)
+        out = tmp_path / "shards" / f"{i}.faces.parquet"
+        embed_listing(
+            part,
+            opencv_analyzer,
+            FaceStore(tmp_path / f"st-shard{i}", opencv_analyzer.model_id),
+            EmbedOptions(batch_images=2),
+            out,
+            True,
+        )
+        shard_tables.append(out)
+    merged = tmp_path / "merged" / "faces.parquet"
+    stats = merge_shards(shard_tables, merged)
+    pd.testing.assert_frame_equal(schema.read_table(merged), single_faces)
+    pd.testing.assert_frame_equal(schema.read_table(sidecar_paths(merged)[0]), single_images)
+    assert stats.images == 13 and stats.analyzed == 13
+    # a photo's shard depends on its bytes only: adding photos never moves existing ones
+    assert [shard_of(s, 3) for s in listing.sha256] == [shard_of(s, 3) for s in listing.sha256[::-1]][::-1]
+    assert parse_shard("2/3") == (2, 3)

@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from facesets import schema
@@ -63,7 +64,7 @@ def test_run_preview_and_incremental_rerun(sample_photos, model_dir, tmp_path, d
     assert len(faces) >= 13 and faces.source.eq("photos").all()
     summary = (tmp_path / "work" / "reports" / "embed_summary.txt").read_text()
     assert "13 images" in summary and "TOTAL" in summary
-    assert (tmp_path / "work" / "logs" / "embed" / "photos.log").read_text().count("img/s") >= 1
+    assert (tmp_path / "work" / "logs" / "embed" / "photos.1.0.log").read_text().count("img/s") >= 1
     raw = tmp_path / "out" / "raw" / "photos"
     manifest = json.loads((raw / "manifest.json").read_text())
     assert len(manifest["faces"]) == len(faces) and (raw / "_singletons").is_dir()
@@ -138,3 +139,17 @@ def test_interrupted_workflow_resumes_with_the_same_command(demo_photos, model_d
     assert stats["images"] == 40 and 0 < stats["analyzed"] < 40  # the store kept what was done
     faces = schema.read_table(tmp_path / "work" / "sources" / "photos" / "faces.parquet")
     assert faces.sha256.nunique() >= 35 and not faces.duplicated("face_key").any()
+
+
+def test_sharded_workflow_equals_single_job(sample_photos, model_dir, tmp_path):
+    single = tmp_path / "single"
+    sharded = tmp_path / "sharded"
+    for d, shards in ((single, 1), (sharded, 3)):
+        d.mkdir()
+        cfg = write_workflow_config(d, sample_photos, model_dir, extra=f"embed:\n  shards: {shards}\n")
+        run_snakemake(["--profile", _profile(), "--configfile", str(cfg), "--cores", "2"], d)
+    assert len(list((sharded / "work" / "sources" / "photos" / "shards" / "3").glob("*.faces.parquet"))) == 3
+    for name in ("faces.parquet", "faces.images.parquet"):
+        a = schema.read_table(single / "work" / "sources" / "photos" / name)
+        b = schema.read_table(sharded / "work" / "sources" / "photos" / name)
+        pd.testing.assert_frame_equal(a, b)
