@@ -126,7 +126,9 @@ def dense_average_linkage(emb: np.ndarray, groups: np.ndarray, threshold: float)
 # --------------------------------------------------------------------------- graph (scalable)
 
 
-def epsilon_graph(emb: np.ndarray, threshold: float, max_pairs: int = 60_000_000, block: int = 2048) -> np.ndarray | None:
+def epsilon_graph(
+    emb: np.ndarray, threshold: float, max_pairs: int = 60_000_000, block: int = 2048
+) -> np.ndarray | None:
     """Every pair (i, j), i < j, closer than ``threshold`` (exact; blocked BLAS products).
 
     Only the upper triangle is computed, ``block`` rows at a time (memory ~ block x n floats).
@@ -574,3 +576,40 @@ def nearest_identity(
             sub[r, :] = np.inf
             sub[:, c] = np.inf
     return Match(ident, dist)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    identity: np.ndarray  # per face: an existing identity, or a new one numbered past them
+    matched: np.ndarray  # per face: True when it joined an existing identity
+    n_new: int
+
+
+def assign_or_cluster(
+    keys: Sequence[str],
+    emb: np.ndarray,
+    groups: Sequence,
+    prototypes: np.ndarray,
+    proto_identity: np.ndarray,
+    match_threshold: float,
+    cluster_threshold: float,
+    taken: set[tuple[str, int]] | None = None,
+) -> Assignment:
+    """Route faces to existing identities (``nearest_identity``), cluster the unmatched rest.
+
+    New clusters get identity numbers past the existing ones (largest new cluster first);
+    cannot-link holds across both steps: a face never joins an identity (old or new) that
+    already has a face of its photo.
+    """
+    keys = np.asarray(keys, dtype=object).astype(str)
+    groups = np.asarray(groups, dtype=object).astype(str)
+    n_old = int(np.max(proto_identity)) + 1 if len(proto_identity) else 0
+    m = nearest_identity(emb, groups, prototypes, proto_identity, match_threshold, taken)
+    ident = m.identity.copy()
+    rest = np.flatnonzero(ident < 0)
+    n_new = 0
+    if len(rest):
+        res = cluster_faces(keys[rest], np.asarray(emb)[rest], groups[rest], cluster_threshold)
+        ident[rest] = n_old + res.labels
+        n_new = res.n_clusters
+    return Assignment(ident, m.identity >= 0, n_new)

@@ -165,3 +165,30 @@ def test_exact_path_equals_textbook_hac_on_real_faces(demo_photos, tmp_path, ope
         alone = np.arange(len(faces))
         unconstrained = C.cluster_faces(faces.face_key, emb, alone, t, method="exact").labels
         assert _same_partition(unconstrained, _scipy_reference(C.normalize(emb), t)), t
+
+
+def test_assign_or_cluster_routes_then_clusters_the_rest():
+    s = synthetic_faces(3000, seed=21)
+    big = np.bincount(s.identity).argsort()[::-1][:3]  # three well-known people
+    known = np.isin(s.identity, big)
+    protos = C.normalize(np.stack([s.emb[s.identity == i].mean(0) for i in big]))
+    newcomers = ~known & (np.bincount(s.identity)[s.identity] >= 5)
+    out = C.assign_or_cluster(
+        s.keys[known | newcomers],
+        s.emb[known | newcomers],
+        s.photo[known | newcomers],
+        protos,
+        np.arange(3),
+        0.45,
+        0.55,
+    )
+    truth = s.identity[known | newcomers]
+    for j, person in enumerate(big):
+        got = out.identity[truth == person]
+        assert (got == j).mean() > 0.9  # nearly all of a known person's faces join it
+    assert (out.identity[~np.isin(truth, big)] >= 3).all()  # strangers never join a known person
+    assert out.n_new > 0 and out.identity.max() == 2 + out.n_new
+    photos = s.photo[known | newcomers]
+    for ident in np.unique(out.identity):
+        ph = photos[out.identity == ident]
+        assert len(ph) == len(set(ph.tolist()))  # cannot-link across routing and clustering
