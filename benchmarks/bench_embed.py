@@ -52,11 +52,12 @@ from facesets.store import FaceStore
 SECTION = "## embed (opencv backend): ours vs naive baseline"
 HEADER = """# Benchmarks
 
-Numbers in this file come from `python benchmarks/bench_embed.py` (see its docstring).
-Each run measures our implementation and a naive baseline on the same machine, the same
-images and the same models, so targets are stated as ratios against the baseline of the
-same run (plus an absolute rate for the machine named in the section). Speed targets
-live only here, never in unit tests.
+Numbers in this file come from the scripts in `benchmarks/`; the embed section from
+`python benchmarks/bench_embed.py` (see its docstring), and every section names the exact
+command, machine and date. Each run measures our implementation and a naive baseline in
+the same run, on the same machine, data and models, so targets are stated as ratios
+against that baseline (plus an absolute rate for the machine named in the section).
+Speed targets live only here, never in unit tests.
 """
 TARGET_RATIO = 3.0
 TARGET_RATE = 20.0

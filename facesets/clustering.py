@@ -163,6 +163,7 @@ def knn_graph(emb: np.ndarray, k: int) -> np.ndarray:
         nlist = int(4 * np.sqrt(n))
         quant = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = 10  # coarse centroids only route the search; 10 k-means rounds suffice
         rng = np.random.default_rng(0)
         index.train(x[rng.choice(n, size=min(n, nlist * 40), replace=False)])
         index.nprobe = 16
@@ -209,7 +210,7 @@ class _GraphState:
         return len(self.cnt)
 
 
-def _rnn_rounds(st: _GraphState, threshold: float, min_fraction: float = 0.02, max_rounds: int = 64) -> None:
+def _rnn_rounds(st: _GraphState, threshold: float, min_fraction: float = 0.002, max_rounds: int = 400) -> None:
     """Merge all reciprocal nearest-neighbour pairs under the threshold, in vectorised rounds.
 
     For a reducible linkage (average linkage is) merging a reciprocal-nearest pair never
