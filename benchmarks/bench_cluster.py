@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -66,16 +67,40 @@ def _status_kib(field: str) -> int:
     return 0
 
 
-def seed_method(emb: np.ndarray, threshold: float) -> np.ndarray:
-    """The seed's clustering: sklearn average linkage on the dense cosine distance matrix."""
-    from sklearn.cluster import AgglomerativeClustering
+# numpy's bundled OpenBLAS (0.3.31 here) segfaults in dgemm when the float64 result reaches
+# ~4 GiB (n >= ~23 000 for X @ X.T): sklearn's cosine_distances dies there. Above that size
+# the same matrix is built in row blocks (same values: 1 - cos, clipped to [0, 2], zero diagonal).
+BLAS_MAX_ELEMS = 480_000_000
+
+
+def dense_cosine_distances(emb: np.ndarray) -> tuple[np.ndarray, str]:
     from sklearn.metrics.pairwise import cosine_distances
 
-    d = cosine_distances(np.asarray(emb, np.float64))
+    x = np.asarray(emb, np.float64)
+    n = len(x)
+    if n * n < BLAS_MAX_ELEMS:
+        return cosine_distances(x), "sklearn cosine_distances"
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    d = np.empty((n, n), np.float64)
+    step = max(1, BLAS_MAX_ELEMS // (4 * n))
+    for i in range(0, n, step):
+        blk = d[i : i + step]
+        np.dot(x[i : i + step], x.T, out=blk)
+        np.subtract(1.0, blk, out=blk)
+        np.clip(blk, 0.0, 2.0, out=blk)
+    np.fill_diagonal(d, 0.0)
+    return d, "row blocks (OpenBLAS crashes on one >= 4 GiB product)"
+
+
+def seed_method(emb: np.ndarray, threshold: float) -> tuple[np.ndarray, str]:
+    """The seed's clustering: sklearn average linkage on the dense cosine distance matrix."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    d, how = dense_cosine_distances(emb)
     model = AgglomerativeClustering(
         n_clusters=None, metric="precomputed", linkage="average", distance_threshold=threshold
     )
-    return model.fit(d).labels_
+    return model.fit(d).labels_, how
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -97,7 +122,8 @@ def worker(args: argparse.Namespace) -> int:
     rss_in = _status_kib("VmRSS")
     t0 = time.perf_counter()
     if args.worker == "seed":
-        labels, used = seed_method(emb, args.threshold), "seed"
+        labels, how = seed_method(emb, args.threshold)
+        used = f"seed: distance matrix by {how}"
     else:
         kw = {} if args.k is None else {"k": args.k}
         res = cluster_faces(keys, emb, photo, args.threshold, method=args.worker, **kw)
@@ -112,6 +138,7 @@ def worker(args: argparse.Namespace) -> int:
         "peak_rss_kib": _status_kib("VmHWM"),
         "input_rss_kib": rss_in,
         "cpu_s": ru.ru_utime + ru.ru_stime,
+        "clustering_sha": hashlib.sha256((REPO / "facesets" / "clustering.py").read_bytes()).hexdigest()[:12],
     }
     Path(args.result).write_text(json.dumps(out))
     return 0
@@ -169,15 +196,36 @@ def run_worker(method: str, data: Path, threshold: float, k: int | None, timeout
     b0, _ = _busy_jiffies()
     t0 = time.perf_counter()
     out: dict = {"method": method}
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        ok = proc.returncode == 0 and result.exists()
-        if not ok:
-            out["error"] = f"exit {proc.returncode}: {(proc.stderr or '')[-600:]}"
-    except subprocess.TimeoutExpired:
-        ok = False
-        out["error"] = f"timed out after {timeout:.0f} s"
+    errlog = Path(str(result) + ".stderr")
+    hwm = 0  # the worker's VmHWM, sampled while it runs (known even if it is killed)
+    with open(errlog, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            while True:
+                with contextlib.suppress(OSError, ValueError), open(f"/proc/{proc.pid}/status") as fh:
+                    hwm = max([hwm] + [int(ln.split()[1]) for ln in fh if ln.startswith("VmHWM:")])
+                try:
+                    proc.wait(timeout=1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    if time.perf_counter() - t0 > timeout:
+                        proc.kill()
+                        proc.wait()
+                        break
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     wall = time.perf_counter() - t0
+    ok = proc.returncode == 0 and result.exists()
+    if not ok:
+        if wall > timeout:
+            out["error"] = f"timed out after {timeout:.0f} s (peak RSS by then {hwm / 1024**2:.2f} GiB)"
+        else:
+            sig = f" (signal {-proc.returncode})" if proc.returncode < 0 else ""
+            tail = errlog.read_text(errors="replace")[-400:].strip().replace("\n", " / ").replace("|", "/")
+            out["error"] = f"exit {proc.returncode}{sig}: {tail}"
+        out["peak_rss_kib_sampled"] = hwm
     b1, _ = _busy_jiffies()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     child_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
@@ -368,6 +416,8 @@ def run_row(r: dict) -> str:
         return f"| {r['name']} | {r['error']} | | | | | | | | | | |"
     pw, bc = r["pairwise"], r["bcubed"]
     name = r["name"] + (f" → {r['method_used']}" if r["method"] == "auto" else "")
+    if r["method"] == "seed" and "row blocks" in r.get("method_used", ""):
+        name += " ¹"
     return (
         f"| {name} | {r['seconds']:.2f} | {r['peak_rss_kib'] / 1024**2:.2f} | {fmt_n(r['clusters'])} | "
         f"{pw[0]:.4f} | {pw[1]:.4f} | {pw[2]:.4f} | {bc[0]:.4f} | {bc[1]:.4f} | {bc[2]:.4f} | "
@@ -405,13 +455,14 @@ def targets(results: dict) -> list[str]:
         )
     )
     ours = [
-        (x["peak_rss_kib"] / 1024**2, e["n"], x["name"])
+        (x.get("peak_rss_kib", x.get("peak_rss_kib_sampled", 0)) / 1024**2, e["n"], x["name"], "error" in x)
         for e in results["sizes"]
         for x in e["runs"] + e.get("sub_runs", [])
-        if "error" not in x and x["method"] != "seed"
+        if x["method"] != "seed"
     ]
     if ours:
-        peak, n, name = max(ours)
+        peak, n, name, killed = max(ours)
+        name += " (did not finish: peak so far)" if killed else ""
         lines.append(
             "- Peak memory < 12 GB (every run of ours): "
             + verdict(peak * GIB < 12e9, f"max {peak:.2f} GiB = {peak * GIB / 1e9:.2f} GB, {name} at n={fmt_n(n)}")
@@ -449,6 +500,20 @@ def targets(results: dict) -> list[str]:
     return lines
 
 
+def code_versions(results: dict) -> list[str]:
+    shas: dict[str, list[str]] = {}
+    for e in results["sizes"]:
+        for r in e["runs"] + e.get("sub_runs", []):
+            if r["method"] != "seed" and r.get("clustering_sha"):
+                shas.setdefault(r["clustering_sha"], []).append(f"{r['name']} n={fmt_n(e['n'])}")
+    if len(shas) <= 1:
+        return [f"- `facesets/clustering.py` sha256 {sha}… for every run of ours." for sha in shas]
+    return [
+        "- `facesets/clustering.py` changed during the run: "
+        + "; ".join(f"sha256 {sha}… for {', '.join(v)}" for sha, v in shas.items())
+    ]
+
+
 def render(results: dict) -> str:
     m = results["machine"]
     out = [
@@ -467,6 +532,8 @@ def render(results: dict) -> str:
         "cluster (ours forbids them, the seed's method has no such constraint). "
         '"other load" = CPU use of other processes during the run, in CPUs of '
         f"{os.cpu_count()}: above ~0.2 the machine was not idle and times are inflated.",
+        "",
+        *code_versions(results),
         "",
         "Targets:",
         "",
@@ -521,6 +588,20 @@ def render(results: dict) -> str:
                 f"pairwise F {sv['pairwise'][2]:.4f} (differences come from cannot-link)."
             )
         out += [f"- {note}" for note in e["notes"]]
+        if any(r.get("method") == "seed" and "row blocks" in r.get("method_used", "") for r in e["runs"]):
+            out.append(
+                "- ¹ sklearn's `cosine_distances` dies here (numpy's OpenBLAS segfaults on a >= 4 GiB "
+                "`X @ X.T`), so the same dense float64 matrix was built in row blocks; the clustering "
+                "is sklearn's as everywhere else."
+            )
+        seeds = [(x["n"], r) for x in results["sizes"] for r in x["runs"] if r["method"] == "seed" and "error" not in r]
+        if e["n"] > results.get("seed_max", 0) and seeds:
+            n0, r0 = max(seeds, key=lambda t: t[0])
+            est = r0["peak_rss_kib"] / 1024**2 * (e["n"] / n0) ** 2
+            out.append(
+                f"- The seed's method not run (n > --seed-max); scaling its peak at n={fmt_n(n0)} by n², "
+                f"it would need ~{est:.0f} GiB."
+            )
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
 
@@ -585,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/bench_cluster.py " + shlex.join(argv_shown),
         "threshold": args.threshold,
         "data_seed": args.data_seed,
+        "seed_max": args.seed_max,
         "sizes": [],
     }
     raw = Path(args.work) / "results.json"

@@ -32,7 +32,9 @@ def _setup_logging(log_file: str | None, verbose: bool) -> None:
     )
 
 
-def _section_settings(args: argparse.Namespace, section: str, flags: tuple[str, ...], extra: dict | None = None) -> dict:
+def _section_settings(
+    args: argparse.Namespace, section: str, flags: tuple[str, ...], extra: dict | None = None
+) -> dict:
     """A validated config section: schema defaults < --configfile < --<section>-settings JSON < flags."""
     settings: dict = {}
     if args.configfile:

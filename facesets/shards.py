@@ -53,9 +53,13 @@ def merge_shards(shard_tables: Sequence[Path], out: Path) -> EmbedStats:
     analyzed = sum(p["analyzed"] for p in parts)
     seconds = max((p["seconds"] for p in parts), default=0.0)  # shards run side by side
     stats = EmbedStats(
-        images=sum(p["images"] for p in parts), files=sum(p["files"] for p in parts), analyzed=analyzed,
-        faces=len(faces), noface=int((images["status"] == "noface").sum()),
-        errors=int((images["status"] == "error").sum()), seconds=seconds,
+        images=sum(p["images"] for p in parts),
+        files=sum(p["files"] for p in parts),
+        analyzed=analyzed,
+        faces=len(faces),
+        noface=int((images["status"] == "noface").sum()),
+        errors=int((images["status"] == "error").sum()),
+        seconds=seconds,
         img_per_s=round(analyzed / seconds, 2) if seconds and analyzed else 0.0,
         model_id=parts[0]["model_id"] if parts else "",
     )

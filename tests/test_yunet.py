@@ -59,3 +59,22 @@ def test_detect_size_is_configurable(model_dir, demo_photos, size):
 
     a = create_analyzer("opencv", embed_settings(det_size=size), model_dir=model_dir)
     assert len(a.detect(imageio.decode(demo_photos / "insightface" / "t1.jpg").rgb)) >= 5
+
+
+def test_fast_recognizer_graph_gives_the_same_embeddings(model_dir):
+    """The in-memory SFace rewrite (PRelu -> Relu form, initializers off the inputs) changes nothing."""
+    from facesets.analyzers.base import ort_session
+    from facesets.analyzers.onnx_graph import fast_graph
+
+    path = model_dir / "face_recognition_sface_2021dec.onnx"
+    orig, fast = (
+        ort_session(str(path), ["CPUExecutionProvider"]),
+        ort_session(fast_graph(path), ["CPUExecutionProvider"]),
+    )
+    x = np.random.default_rng(0).random((1, 3, 112, 112), dtype=np.float32) * 255
+    a, b = orig.run(None, {"data": x})[0], fast.run(None, {"data": x})[0]
+    import onnx
+
+    assert not any(n.op_type == "PRelu" for n in onnx.load_from_string(fast_graph(path)).graph.node)
+    cos = float((a[0] @ b[0]) / np.linalg.norm(a) / np.linalg.norm(b))
+    assert np.abs(a - b).max() < 1e-4 and cos > 0.99999

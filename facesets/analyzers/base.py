@@ -117,7 +117,7 @@ def letterbox(rgb: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     return canvas, factor
 
 
-def ort_session(path: str, providers: Sequence[str]):  # -> onnxruntime.InferenceSession
+def ort_session(model: str | bytes, providers: Sequence[str]):  # -> onnxruntime.InferenceSession
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -127,4 +127,8 @@ def ort_session(path: str, providers: Sequence[str]):  # -> onnxruntime.Inferenc
     opts.log_severity_level = 3
     available = set(ort.get_available_providers())
     chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
+    if list(chosen) != list(providers):
+        import logging
+
+        logging.getLogger(__name__).warning("ONNX Runtime providers %s requested, using %s", list(providers), chosen)
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=opts, providers=chosen)

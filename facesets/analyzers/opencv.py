@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from facesets.analyzers.base import Detection, align_face, l2_normalize, letterbox, nms, ort_session, settings_id
+from facesets.analyzers.onnx_graph import fast_graph
 from facesets.models import SFACE, YUNET
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class OpenCVAnalyzer:
         self.det_thresh = det_thresh
         self.nms_thresh = nms_thresh
         self.detector = ort_session(str(detector_path), providers)
-        self.recognizer = ort_session(str(recognizer_path), providers)
+        self.recognizer = ort_session(fast_graph(recognizer_path), providers)
         shape = self.detector.get_inputs()[0].shape
         self._fixed = shape[2] if isinstance(shape[2], int) else None
         if self._fixed and det_size > self._fixed:
@@ -88,6 +89,7 @@ class OpenCVAnalyzer:
                 "det_thresh": det_thresh,
                 "nms": nms_thresh,
                 "align": "umeyama-arcface112-v1",
+                "rec_graph": "fast_graph-v1",  # PRelu rewritten, see onnx_graph.py
             },
         )
 
