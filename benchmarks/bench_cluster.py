@@ -461,12 +461,19 @@ def targets(results: dict) -> list[str]:
         if x["method"] != "seed"
     ]
     if ours:
-        peak, n, name, killed = max(ours)
-        name += " (did not finish: peak so far)" if killed else ""
-        lines.append(
-            "- Peak memory < 12 GB (every run of ours): "
-            + verdict(peak * GIB < 12e9, f"max {peak:.2f} GiB = {peak * GIB / 1e9:.2f} GB, {name} at n={fmt_n(n)}")
-        )
+        peak, n, name, _ = max(o for o in ours if not o[3]) if any(not o[3] for o in ours) else (0, 0, "", 0)
+        detail = f"max {peak:.2f} GiB = {peak * GIB / 1e9:.2f} GB, {name} at n={fmt_n(n)}"
+        unfinished = [o for o in ours if o[3]]
+        flag = peak * GIB < 12e9
+        if unfinished:
+            detail += "; unfinished: " + ", ".join(
+                f"{nm} at n={fmt_n(nn)} had reached {pk:.2f} GiB when it was stopped" for pk, nn, nm, _ in unfinished
+            )
+            flag = False if any(pk * GIB >= 12e9 for pk, *_ in unfinished) else flag
+        text = verdict(flag, detail)
+        if unfinished and flag:
+            text = text.replace("**PASS**", "**PASS where measured**")
+        lines.append("- Peak memory < 12 GB (every run of ours): " + text)
     cmp = []
     for e in results["sizes"]:
         s = find(e, "seed's method (sklearn)")
@@ -532,7 +539,6 @@ def render(results: dict) -> str:
         "cluster (ours forbids them, the seed's method has no such constraint). "
         '"other load" = CPU use of other processes during the run, in CPUs of '
         f"{os.cpu_count()}: above ~0.2 the machine was not idle and times are inflated.",
-        "",
         *code_versions(results),
         "",
         "Targets:",
@@ -654,9 +660,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--subset", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--render-only", action="store_true", help="rewrite the section from --work/results.json")
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
+    if args.render_only:
+        write_section(args.out, render(json.loads((Path(args.work) / "results.json").read_text())))
+        return 0
 
     sizes = sorted(int(float(s)) for s in args.sizes.split(",") if s.strip())
     argv_shown = sys.argv[1:] if argv is None else argv
