@@ -280,6 +280,25 @@ def summarize_truth(f) -> dict:
     }
 
 
+def nearest_stranger(f, threshold: float, n_query: int = 2000, seed: int = 0) -> dict:
+    """Share of sampled faces whose nearest face of another identity is under the threshold."""
+    import faiss
+
+    index = faiss.IndexFlatIP(f.emb.shape[1])
+    index.add(f.emb)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for kind, pool in (("all", np.arange(len(f))), ("noise", np.flatnonzero(f.noise))):
+        if not len(pool):
+            continue
+        q = rng.choice(pool, min(n_query, len(pool)), replace=False)
+        sim, nb = index.search(f.emb[q], 64)
+        other = (f.identity[nb] != f.identity[q][:, None]) & (nb >= 0)
+        d = np.where(other, 1.0 - sim, np.inf).min(1)
+        out[kind] = {"below": float((d < threshold).mean()), "p50": float(np.median(d)), "n": len(q)}
+    return out
+
+
 def bench_size(n: int, args: argparse.Namespace, results: dict, flush) -> None:
     entry: dict = {"n": n, "runs": [], "notes": []}
     results["sizes"].append(entry)
@@ -288,6 +307,7 @@ def bench_size(n: int, args: argparse.Namespace, results: dict, flush) -> None:
     entry["gen_s"] = time.perf_counter() - t0
     entry["truth"] = summarize_truth(f)
     entry["distances"] = pair_distance_percentiles(f, n_pairs=100_000)
+    entry["stranger"] = nearest_stranger(f, args.threshold)
     data = Path(args.work) / f"n{n}"
     data.mkdir(parents=True, exist_ok=True)
     np.save(data / "emb.npy", f.emb)
@@ -567,7 +587,21 @@ def render(results: dict) -> str:
                 parts.append(
                     f"{kind} p5/p25/p50/p75/p95 {v['p5']:.2f}/{v['p25']:.2f}/{v['p50']:.2f}/{v['p75']:.2f}/{v['p95']:.2f}"
                 )
-        out += ["", "Cosine distances of random face pairs: " + "; ".join(parts) + ".", ""]
+        out += ["", "Cosine distances of random face pairs: " + "; ".join(parts) + "."]
+        if e.get("stranger"):
+            st = e["stranger"]
+            out[-1] += (
+                " Faces with a face of another identity closer than the threshold (among their 64 nearest): "
+                f"{st['all']['below']:.1%}"
+                + (
+                    f"; noise faces: {st['noise']['below']:.1%} (median distance to the nearest stranger "
+                    f"{st['noise']['p50']:.2f})"
+                    if "noise" in st
+                    else ""
+                )
+                + f" (samples of {st['all']['n']})."
+            )
+        out.append("")
         out += [TABLE_HEAD, *[run_row(r) for r in e["runs"]]]
         if e.get("sub_runs"):
             out += [

@@ -1,6 +1,6 @@
 """Reproduce the SFace calibration tables of docs/thresholds.md on dev-faces.
 
-    python benchmarks/calibrate_thresholds.py [--dev-faces ../shared/datasets/dev-faces]
+python benchmarks/calibrate_thresholds.py [--dev-faces ../shared/datasets/dev-faces]
 """
 
 from __future__ import annotations
