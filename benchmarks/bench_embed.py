@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report
 from build_library import DEFAULT_DEST, DEFAULT_PHOTOS, build_library
 
 from facesets import embed as embed_mod
@@ -472,21 +473,7 @@ def render(
 
 def write_section(out: Path, section: str) -> None:
     """Replace (or add) our section in ``out``, keeping every other section."""
-    text = out.read_text(encoding="utf-8") if out.exists() else ""
-    if not text.strip():
-        text = HEADER
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        after = "".join(lines[end:])
-        new = "".join(lines[:start]) + section + ("\n" + after if after else "")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, out)
+    report.write_section(out, SECTION, section, HEADER)
 
 
 # --------------------------------------------------------------------------- main
