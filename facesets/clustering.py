@@ -185,12 +185,18 @@ def _edge_dist(sums: np.ndarray, cnt: np.ndarray, edges: np.ndarray, chunk: int 
     return out
 
 
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """np.unique for int64 codes by sorting (much faster here than numpy's hash path)."""
+    a = np.sort(a)
+    return a[np.r_[True, a[1:] != a[:-1]]] if len(a) else a
+
+
 def _unique_pairs(pairs: np.ndarray, n: int) -> np.ndarray:
     if not len(pairs):
         return np.zeros((0, 2), np.int64)
     lo, hi = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
     keep = lo != hi
-    code = np.unique(lo[keep] * n + hi[keep])
+    code = _sorted_unique(lo[keep] * n + hi[keep])
     return np.stack([code // n, code % n], 1)
 
 
@@ -251,9 +257,15 @@ def _rnn_rounds(st: _GraphState, threshold: float, min_fraction: float = 0.002, 
         touched = changed[ea] | changed[eb]
         tpairs = _unique_pairs(np.stack([ea[touched], eb[touched]], 1), n)
         if len(st.cl_codes):
-            cl = _unique_pairs(np.stack([relabel[st.cl_codes // n], relabel[st.cl_codes % n]], 1), n)
-            st.cl_codes = cl[:, 0] * n + cl[:, 1]
-            tpairs = tpairs[~np.isin(tpairs[:, 0] * n + tpairs[:, 1], st.cl_codes)]
+            ca, cb = relabel[st.cl_codes // n], relabel[st.cl_codes % n]
+            touched_cl = changed[ca] | changed[cb]
+            if touched_cl.any():  # only cannot-links of merged clusters change
+                moved = np.minimum(ca[touched_cl], cb[touched_cl]) * n + np.maximum(ca[touched_cl], cb[touched_cl])
+                st.cl_codes = _sorted_unique(np.concatenate([st.cl_codes[~touched_cl], moved]))
+            if len(tpairs):
+                tcodes = tpairs[:, 0] * n + tpairs[:, 1]
+                pos = np.minimum(np.searchsorted(st.cl_codes, tcodes), len(st.cl_codes) - 1)
+                tpairs = tpairs[st.cl_codes[pos] != tcodes]
         st.edges = np.concatenate([e[~touched], tpairs])
         st.dist = np.concatenate([d[~touched], _edge_dist(st.sums, st.cnt, tpairs)])
 
@@ -391,7 +403,7 @@ def graph_average_linkage(
     edges = knn_graph(emb, k) if edges is None else _unique_pairs(np.asarray(edges, np.int64), n)
     sums = np.asarray(emb, np.float64).copy()
     cl = cannot_link_pairs(groups)
-    cl_codes = np.unique(cl[:, 0] * n + cl[:, 1]) if len(cl) else np.zeros(0, np.int64)
+    cl_codes = _sorted_unique(cl[:, 0] * n + cl[:, 1]) if len(cl) else np.zeros(0, np.int64)
     if len(cl_codes):
         edges = edges[~np.isin(edges[:, 0] * n + edges[:, 1], cl_codes)]
     st = _GraphState(sums, np.ones(n, np.float64), np.arange(n), edges, _edge_dist(sums, np.ones(n), edges), cl_codes)
