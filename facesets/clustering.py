@@ -376,7 +376,13 @@ def _heap_merge(st: _GraphState, threshold: float) -> None:
         if not len(ids):
             continue
         stale = (bj[ids] == a) | (bj[ids] == b)
-        for x in ids[stale].tolist():  # their nearest candidate changed: recompute
+        # clusters that pointed at a or b: if the merged cluster is no farther than their old
+        # nearest, it is their nearest now (no other candidate of theirs moved); else rescan
+        still = stale & (dn <= bd[ids])
+        for x, dx in zip(ids[still].tolist(), dn[still].tolist(), strict=True):
+            bd[x], bj[x] = dx, a
+            heapq.heappush(heap, (dx, x, a, int(version[x]), int(version[a])))
+        for x in ids[stale & ~still].tolist():
             refresh(x)
         closer = ~stale & (dn < bd[ids])
         for x, dx in zip(ids[closer].tolist(), dn[closer].tolist(), strict=True):
