@@ -389,26 +389,12 @@ def bench_size(n: int, args: argparse.Namespace, results: dict, flush) -> None:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
     import faiss
     import scipy
     import sklearn
 
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {
-        "cpu": cpu,
-        "cores": f"{os.cpu_count()} logical ({usable} usable by this process)",
-        "ram": f"{mem / GIB:.1f} GiB",
-        "os": platform.platform(),
+        **report.machine_facts(),
         "versions": (
             f"Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
             f"scikit-learn {sklearn.__version__}, faiss-cpu {faiss.__version__}"
@@ -416,11 +402,7 @@ def machine() -> dict:
     }
 
 
-def utc_date() -> str:
-    try:
-        return subprocess.run(["date", "-u"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime())
+utc_date = report.utc_date
 
 
 def verdict(flag: bool | None, detail: str) -> str:

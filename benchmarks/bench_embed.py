@@ -23,11 +23,9 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -336,32 +334,12 @@ def compare(base: BaselineResult, ours: OursResult) -> dict:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = "unknown"
-    with contextlib.suppress(OSError), open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith("MemTotal:"):
-                mem = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-                break
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
     import numpy
     import onnxruntime
     import PIL
 
     return {
-        "cpu": cpu,
-        "cores": f"{os.cpu_count()} logical ({usable} usable by this process)",
-        "ram": mem,
-        "os": platform.platform(),
-        "python": platform.python_version(),
+        **report.machine_facts(),
         "versions": (
             f"onnxruntime {onnxruntime.__version__}, opencv-python {cv2.__version__}, "
             f"pillow {PIL.__version__}, numpy {numpy.__version__}"
@@ -369,11 +347,7 @@ def machine() -> dict:
     }
 
 
-def utc_date() -> str:
-    try:
-        return subprocess.run(["date", "-u"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime())
+utc_date = report.utc_date
 
 
 def ok(flag: bool) -> str:
