@@ -328,11 +328,17 @@ def _heap_merge(st: _GraphState, threshold: float) -> None:
             return ids, d, dropped
         i = np.lexsort((ids, d))[0]
         bd[x], bj[x] = d[i], ids[i]
+        token[x] += 1
         heapq.heappush(heap, (float(d[i]), x, int(ids[i]), int(version[x]), int(version[ids[i]])))
         return ids, d, dropped
 
+    token = np.zeros(n, np.int64)
     while heap:
         _, a, b, va, vb = heapq.heappop(heap)
+        if b < 0:  # a rescan token: a's nearest is unknown but no closer than this key
+            if adj[a] is not None and version[a] == va and token[a] == vb:
+                refresh(a)
+            continue
         if adj[a] is None or adj[b] is None or version[a] != va or version[b] != vb:
             continue  # stale entry
         if len(adj[a]) < len(adj[b]):  # the cluster with more neighbours survives
@@ -370,20 +376,26 @@ def _heap_merge(st: _GraphState, threshold: float) -> None:
         # clusters no longer adjacent whose nearest was a or b: recompute them
         gone = np.concatenate([from_b, dropped, np.asarray(removed, np.int64)])
         gone = gone[(gone != a) & (gone != b)]
-        for x in np.unique(gone[(bj[gone] == a) | (bj[gone] == b)]).tolist():
+        for x in np.unique(gone[(bj[gone] == a) | (bj[gone] == b) | (bj[gone] == -2)]).tolist():
             if adj[x] is not None and x not in sa:
                 refresh(x)
         if not len(ids):
             continue
-        stale = (bj[ids] == a) | (bj[ids] == b)
-        # clusters that pointed at a or b: if the merged cluster is no farther than their old
-        # nearest, it is their nearest now (no other candidate of theirs moved); else rescan
+        stale = (bj[ids] == a) | (bj[ids] == b) | (bj[ids] == -2)
+        # Clusters that pointed at a or b (or await a rescan): bd is a lower bound of their
+        # distance to every other candidate, so if the merged cluster is no farther it is their
+        # nearest now. Otherwise the rescan is deferred: a token keyed by that lower bound pops
+        # before any pair it could change, and is dropped if the cluster changes first.
         still = stale & (dn <= bd[ids])
         for x, dx in zip(ids[still].tolist(), dn[still].tolist(), strict=True):
             bd[x], bj[x] = dx, a
+            token[x] += 1
             heapq.heappush(heap, (dx, x, a, int(version[x]), int(version[a])))
         for x in ids[stale & ~still].tolist():
-            refresh(x)
+            if bj[x] != -2:
+                bj[x] = -2
+                token[x] += 1
+                heapq.heappush(heap, (float(bd[x]), x, -1, int(version[x]), int(token[x])))
         closer = ~stale & (dn < bd[ids])
         for x, dx in zip(ids[closer].tolist(), dn[closer].tolist(), strict=True):
             bd[x], bj[x] = dx, a
