@@ -1,0 +1,278 @@
+"""The identity ledger: the user's canonical numbering, which never changes.
+
+``facesets_swap_ready/ledger.json`` sits beside the user-facing ``manifest.json``; both are
+written only by ``manifest-merge`` (atomically, after backing up the previous version). The
+ledger holds, per identity: its number and name, its kind and provenance, its members (face
+keys, which never move to another identity once merged) and a running centroid per embedding
+model, so later batches can be matched to it (centroid distance <= the model's ``match``
+threshold) before any new number is given.
+
+Everything here is pure over dataclasses; ``facesets.merge`` does the file work.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facesets.atomic import write_json
+
+LEDGER_VERSION = 1
+KINDS = ("discovered", "identities", "routed", "era")
+
+
+@dataclass
+class Member:
+    """One face of an identity, with where its exported crop came from."""
+
+    source: str
+    sha256: str
+    path: str
+    score: float
+    crop: str  # the exported crop it was copied from (relative to the output root)
+
+
+@dataclass
+class Identity:
+    number: int
+    name: str
+    kind: str  # discovered | identities | era (routed entries join existing identities)
+    sources: list[str] = field(default_factory=list)
+    label: str | None = None  # hand-sorted folder name
+    parent: str | None = None  # era split: the identity it was split from
+    thin: bool = False  # era split: fewer faces than min_era_faces
+    members: dict[str, Member] = field(default_factory=dict)  # face_key -> member
+    centroid_sum: dict[str, list[float]] = field(default_factory=dict)  # model_id -> sum of unit embeddings
+    centroid_count: dict[str, int] = field(default_factory=dict)
+
+    def centroid(self, model_id: str) -> np.ndarray | None:
+        s = self.centroid_sum.get(model_id)
+        if s is None or not self.centroid_count.get(model_id):
+            return None
+        v = np.asarray(s, np.float64)
+        n = np.linalg.norm(v)
+        return v / n if n > 0 else None
+
+    def photos(self) -> set[str]:
+        return {m.sha256 for m in self.members.values()}
+
+
+@dataclass
+class Ledger:
+    identities: list[Identity] = field(default_factory=list)
+    # source -> {"digest": export manifest digest, "entries": {entry name: identity number}}
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    version: int = LEDGER_VERSION
+
+    def next_number(self) -> int:
+        return max((i.number for i in self.identities), default=0) + 1
+
+    def by_number(self, number: int) -> Identity:
+        for ident in self.identities:
+            if ident.number == number:
+                return ident
+        raise KeyError(number)
+
+    def by_name(self, name: str) -> Identity | None:
+        return next((i for i in self.identities if i.name == name), None)
+
+    def owner(self) -> dict[str, int]:
+        """face_key -> number of the identity it belongs to (eras excluded: they copy members)."""
+        return {k: i.number for i in self.identities if i.kind != "era" for k in i.members}
+
+
+# ---------------------------------------------------------------------------- persistence
+
+
+def to_json(ledger: Ledger) -> dict:
+    return {
+        "version": ledger.version,
+        "identities": [asdict(i) for i in sorted(ledger.identities, key=lambda i: i.number)],
+        "batches": ledger.batches,
+    }
+
+
+def from_json(obj: Mapping[str, Any], where: str = "ledger") -> Ledger:
+    if obj.get("version") != LEDGER_VERSION:
+        raise ValueError(f"{where}: ledger version {obj.get('version')!r} is not {LEDGER_VERSION}")
+    idents = []
+    for raw in obj.get("identities", []):
+        members = {k: Member(**m) for k, m in raw.get("members", {}).items()}
+        idents.append(Identity(**{**raw, "members": members}))
+    numbers = [i.number for i in idents]
+    if len(set(numbers)) != len(numbers):
+        raise ValueError(f"{where}: duplicate identity numbers")
+    return Ledger(identities=idents, batches=dict(obj.get("batches", {})))
+
+
+def load(path: Path) -> Ledger:
+    """The ledger at ``path``, or an empty one when it does not exist yet."""
+    path = Path(path)
+    if not path.exists():
+        return Ledger()
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{path}: the identity ledger is not valid JSON ({exc}); restore it from {path.parent / '.backup'}"
+        ) from None
+    return from_json(obj, where=str(path))
+
+
+def backup(paths: Iterable[Path], keep: int = 20) -> Path | None:
+    """Copy the current versions of ``paths`` into ``<dir>/.backup/<timestamp>/`` (keeps the newest ``keep``)."""
+    existing = [Path(p) for p in paths if Path(p).exists()]
+    if not existing:
+        return None
+    root = existing[0].parent / ".backup"
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{time.time_ns() % 1_000_000_000:09d}"
+    dest = root / stamp
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in existing:
+        shutil.copy2(p, dest / p.name)
+    old = sorted(d for d in root.iterdir() if d.is_dir())
+    for d in old[:-keep]:
+        shutil.rmtree(d, ignore_errors=True)
+    return dest
+
+
+def save(ledger: Ledger, path: Path) -> None:
+    write_json(path, to_json(ledger))
+
+
+# ---------------------------------------------------------------------------- matching
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One faceset of a source's export, on its way into the ledger."""
+
+    source: str
+    name: str  # the entry name in the source's export (faceset_003, a folder label, ...)
+    kind: str  # discovered | identities | routed
+    model_id: str
+    centroid: np.ndarray
+    crops: Sequence[Mapping[str, Any]]  # export manifest crops: face_key, sha256, source_path, score, file
+    label: str | None = None
+    route_to: str | None = None  # "ledger:<name>" or "<source>/<entry name>"
+
+
+def _overlap_owner(crops: Sequence[Mapping[str, Any]], owner: Mapping[str, int]) -> int | None:
+    """The identity that already holds at least half of these faces, if any."""
+    counts: dict[int, int] = {}
+    for c in crops:
+        n = owner.get(c["face_key"])
+        if n is not None:
+            counts[n] = counts.get(n, 0) + 1
+    if not counts:
+        return None
+    best = min(counts, key=lambda n: (-counts[n], n))
+    return best if 2 * counts[best] >= len(crops) else None
+
+
+def match(ledger: Ledger, p: Proposal, match_threshold: float, resolved: Mapping[str, int]) -> int | None:
+    """The number of the existing identity this proposal belongs to, or None for a new one.
+
+    Order of evidence: an explicit route (mixed sources), the hand-sorted label, the faces it
+    already shares with an identity, then the nearest centroid within ``match_threshold``.
+    """
+    if p.route_to:
+        if p.route_to.startswith("ledger:"):
+            ident = ledger.by_name(p.route_to.removeprefix("ledger:"))
+            if ident is not None:
+                return ident.number
+        elif p.route_to in resolved:
+            return resolved[p.route_to]
+    if p.kind == "identities":
+        for ident in ledger.identities:
+            if ident.kind == "identities" and ident.label == p.label:
+                return ident.number
+        return None  # hand-sorted folders never merge into discovered identities
+    hit = _overlap_owner(p.crops, ledger.owner())
+    if hit is not None:
+        return hit
+    best, best_d = None, match_threshold
+    for ident in ledger.identities:
+        if ident.kind == "era":
+            continue
+        c = ident.centroid(p.model_id)
+        if c is None:
+            continue
+        d = float(1.0 - c @ p.centroid)
+        if d <= best_d and (best is None or d < best_d or ident.number < best):
+            best, best_d = ident.number, d
+    return best
+
+
+@dataclass
+class MergeChange:
+    number: int
+    name: str
+    created: bool
+    added: list[str]  # face keys
+
+
+def unique_name(ledger: Ledger, wanted: str) -> str:
+    """``wanted``, or ``wanted_2``, ``wanted_3``... when another identity has that name."""
+    names = {i.name for i in ledger.identities}
+    if wanted not in names:
+        return wanted
+    k = 2
+    while f"{wanted}_{k}" in names:
+        k += 1
+    return f"{wanted}_{k}"
+
+
+def apply(ledger: Ledger, p: Proposal, number: int | None, embeddings: Mapping[str, np.ndarray]) -> MergeChange | None:
+    """Add the proposal's new faces to identity ``number`` (or to a new identity).
+
+    Faces that already belong to any identity stay where they are (members never move); a
+    face whose photo already has another face in the identity is skipped (cannot-link). A new
+    identity is only created when at least one face is left for it; returns None otherwise.
+    """
+    owner = ledger.owner()
+    ident = ledger.by_number(number) if number is not None else None
+    photos = ident.photos() if ident is not None else set()
+    fresh = []
+    for c in sorted(p.crops, key=lambda c: c["face_key"]):
+        if c["face_key"] in owner or c["sha256"] in photos:
+            continue
+        photos.add(c["sha256"])
+        fresh.append(c)
+    if ident is None:
+        if not fresh:
+            return None
+        n = ledger.next_number()
+        wanted = p.label if p.kind == "identities" and p.label else discovered_name(n)
+        ident = Identity(
+            number=n,
+            name=unique_name(ledger, wanted),
+            kind="identities" if p.kind == "identities" else "discovered",
+            label=p.label if p.kind == "identities" else None,
+        )
+        ledger.identities.append(ident)
+    for c in fresh:
+        key = c["face_key"]
+        ident.members[key] = Member(
+            source=p.source, sha256=c["sha256"], path=c.get("source_path", ""), score=float(c["score"]), crop=c["file"]
+        )
+        emb = embeddings.get(key)
+        if emb is not None:
+            prev = ident.centroid_sum.get(p.model_id)
+            s = (np.asarray(prev, np.float64) if prev is not None else 0.0) + np.asarray(emb, np.float64)
+            ident.centroid_sum[p.model_id] = [round(float(v), 7) for v in s]
+            ident.centroid_count[p.model_id] = ident.centroid_count.get(p.model_id, 0) + 1
+    if fresh and p.source not in ident.sources:
+        ident.sources.append(p.source)
+    return MergeChange(ident.number, ident.name, number is None, [c["face_key"] for c in fresh])
+
+
+def discovered_name(number: int) -> str:
+    return f"faceset_{number:03d}"
