@@ -262,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate config files and list the sources")
     c.add_argument("--configfile", action="append", default=None)
     c.set_defaults(func=cmd_check_config)
+
+    from facesets import cli_library
+
+    cli_library.register(sub)
+
+    from facesets import era
+
+    era.add_cli(sub)  # era-probe, era-split
     return p
 
 

@@ -125,7 +125,10 @@ def identities_manifest(faces: pd.DataFrame, th: ModelThresholds, source: str) -
             )
     log.info(
         "identities: %d folders, %d faces kept, %d faces dropped (bystanders/outliers), %d faces at the root ignored",
-        len(entries), sum(e["faces"] for e in entries), dropped, loose,
+        len(entries),
+        sum(e["faces"] for e in entries),
+        dropped,
+        loose,
     )
     names = [e["name"] for e in entries]
     if len(set(names)) != len(names):
@@ -134,7 +137,12 @@ def identities_manifest(faces: pd.DataFrame, th: ModelThresholds, source: str) -
         "version": 1,
         "source": source,
         "kind": "identities",
-        "stats": {"faces": len(faces), "kept": sum(e["faces"] for e in entries), "dropped": dropped, "root_faces": loose},
+        "stats": {
+            "faces": len(faces),
+            "kept": sum(e["faces"] for e in entries),
+            "dropped": dropped,
+            "root_faces": loose,
+        },
         "facesets": entries,
     }
 

@@ -27,7 +27,7 @@ import pandas as pd
 
 from facesets import ledger as L
 from facesets.atomic import write_json, write_text
-from facesets.fsz import write_fsz
+from facesets.fsz import write_fsz_from_files
 from facesets.thresholds import for_model
 
 log = logging.getLogger(__name__)
@@ -83,10 +83,7 @@ def _proposals(batch: ExportBatch) -> list[L.Proposal]:
     model_id = batch.manifest.get("model_id", "")
     props = []
     for e in batch.manifest.get("facesets", []):
-        crops = [
-            {**c, "file": str(batch.export_dir / c["file"])}
-            for c in e.get("crops", [])
-        ]
+        crops = [{**c, "file": str(batch.export_dir / c["file"])} for c in e.get("crops", [])]
         route = e.get("route_to")
         props.append(
             L.Proposal(
@@ -151,8 +148,8 @@ def build_identity(ident: L.Identity, swap_ready: Path, top_n: int) -> bool:
             os.replace(tmp, dest)
         m.crop = dest.relative_to(swap_ready).as_posix()  # from now on the library's own copy
     pngs = [crops / f"{k}.png" for k, _ in ranked]
-    write_fsz(pngs[:top_n], d / f"{ident.name}_top{top_n}.fsz")
-    write_fsz(pngs, d / f"{ident.name}_all.fsz")
+    write_fsz_from_files(d / f"{ident.name}_top{top_n}.fsz", pngs[:top_n])
+    write_fsz_from_files(d / f"{ident.name}_all.fsz", pngs)
     for name, text in _markers(ident).items():
         write_text(d / name, text)
     write_json(
@@ -164,7 +161,14 @@ def build_identity(ident: L.Identity, swap_ready: Path, top_n: int) -> bool:
             "responsible_use": RESPONSIBLE_USE,
             "members_digest": state,
             "crops": [
-                {"file": f"crops/{k}.png", "rank": r, "face_key": k, "score": m.score, "source": m.source, "path": m.path}
+                {
+                    "file": f"crops/{k}.png",
+                    "rank": r,
+                    "face_key": k,
+                    "score": m.score,
+                    "source": m.source,
+                    "path": m.path,
+                }
                 for r, (k, m) in enumerate(ranked)
             ],
         },
@@ -224,7 +228,12 @@ def merge_batches(
                 changes.append(ch)
                 log.info(
                     "manifest-merge: %s/%s -> %s (#%d, %s, +%d faces)",
-                    b.source, p.name, ch.name, ch.number, "new" if ch.created else "existing", len(ch.added),
+                    b.source,
+                    p.name,
+                    ch.name,
+                    ch.number,
+                    "new" if ch.created else "existing",
+                    len(ch.added),
                 )
         ledger.batches[b.source] = {"digest": b.digest, "entries": entries}
     return changes
