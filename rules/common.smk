@@ -1,6 +1,7 @@
 # Helpers shared by every rule: validated config, sources, paths.
 import json
 import os
+import re
 import sys
 
 sys.path.insert(0, workflow.basedir)  # the facesets package, also when not pip-installed
@@ -72,3 +73,26 @@ def embed_shard_tables(wildcards):
 
 def embed_threads(wildcards):
     return src(wildcards).settings["embed"]["workers"] or workflow.cores
+
+
+def sources_of_kind(*kinds):
+    return [s.name for s in WF.sources if s.kind in kinds]
+
+
+def kind_constraint(*kinds):
+    """Wildcard regex matching exactly the sources of these kinds (never matches when none)."""
+    return "|".join(re.escape(n) for n in sources_of_kind(*kinds)) or "(?!)"
+
+
+def earlier_sources(wildcards):
+    """Sources listed before this one in the config (mixed sources route to their identities)."""
+    names = source_names()
+    return names[: names.index(wildcards.source)]
+
+
+def earlier_refines(wildcards):
+    return [f"{OUTPUT}/refine/{n}" for n in earlier_sources(wildcards)]
+
+
+def all_exports():
+    return expand(f"{OUTPUT}/export/{{source}}", source=source_names())

@@ -1,0 +1,25 @@
+# manifest-merge: every source's export -> the canonical library facesets_swap_ready/
+# (manifest.json + the identity ledger beside it). update(): the two files are changed in
+# place (backed up first), never deleted: they hold the user's identity numbers.
+
+
+rule manifest_merge:
+    input:
+        exports=all_exports(),
+        faces=all_face_tables(),
+    output:
+        manifest=update(f"{OUTPUT}/facesets_swap_ready/manifest.json"),
+        ledger=update(f"{OUTPUT}/facesets_swap_ready/ledger.json"),
+    params:
+        swap_ready=f"{OUTPUT}/facesets_swap_ready",
+        exports=lambda w: " ".join(f"--export {n}={OUTPUT}/export/{n}" for n in source_names()),
+        faces=lambda w: " ".join(f"--faces {t}" for t in all_face_tables()),
+        top_n=config["merge"]["top_n"],
+        backups=config["merge"]["backups"],
+    log:
+        f"{WORK}/logs/manifest_merge.log",
+    conda:
+        "../envs/facesets.yaml"
+    shell:
+        "facesets manifest-merge {params.swap_ready:q} {params.exports} {params.faces}"
+        " --top-n {params.top_n} --backups {params.backups} 2> {log:q}"
