@@ -13,7 +13,7 @@ rule identities:
     wildcard_constraints:
         source=kind_constraint("identities"),
     params:
-        link_mode=lambda w: src(w).settings["cluster"]["link_mode"],
+        link_mode=lambda w: src(w).settings["refine"]["link_mode"],
     log:
         f"{WORK}/logs/identities/{{source}}.log",
     conda:
@@ -37,7 +37,7 @@ rule route:
         # Read when it exists, not an input: manifest-merge writes it after this rule ran.
         ledger=f"{OUTPUT}/facesets_swap_ready/ledger.json",
         settings=lambda w: json.dumps(src(w).settings["refine"], sort_keys=True),
-        link_mode=lambda w: src(w).settings["cluster"]["link_mode"],
+        link_mode=lambda w: src(w).settings["refine"]["link_mode"],
     log:
         f"{WORK}/logs/route/{{source}}.log",
     conda:

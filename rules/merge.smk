@@ -14,7 +14,7 @@ rule manifest_merge:
         swap_ready=f"{OUTPUT}/facesets_swap_ready",
         exports=lambda w: " ".join(f"--export {n}={OUTPUT}/export/{n}" for n in source_names()),
         faces=lambda w: " ".join(f"--faces {t}" for t in all_face_tables()),
-        top_n=config["merge"]["top_n"],
+        top_n=config["export"]["top_n"],
         backups=config["merge"]["backups"],
     log:
         f"{WORK}/logs/manifest_merge.log",
