@@ -90,6 +90,7 @@ def cmd_manifest_merge(args: argparse.Namespace) -> int:
         [Path(p) for p in args.faces or []],
         Path(args.swap_ready),
         MergeSettings(top_n=args.top_n, backups=args.backups),
+        eras=_pairs(args.eras, "--eras"),
     )
     print(json.dumps(summary))
     return 0
@@ -128,6 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("swap_ready", help="the facesets_swap_ready folder (updated in place)")
     m.add_argument("--export", action="append", help="SOURCE=EXPORT_DIR, in config order (repeatable)")
     m.add_argument("--faces", action="append", help="face tables (.parquet) of those sources (for centroids)")
+    m.add_argument("--eras", action="append", help="IDENTITY=ERA_DIR from `facesets era-split` (repeatable)")
     m.add_argument("--top-n", type=int, default=30)
     m.add_argument("--backups", type=int, default=20, help="previous versions kept under .backup/")
     m.set_defaults(func=cmd_manifest_merge)

@@ -162,6 +162,8 @@ class Proposal:
     crops: Sequence[Mapping[str, Any]]  # export manifest crops: face_key, sha256, source_path, score, file
     label: str | None = None
     route_to: str | None = None  # "ledger:<name>" or "<source>/<entry name>"
+    parent: str | None = None  # era proposals: the identity that was split
+    thin: bool = False  # era proposals: fewer faces than min_era_faces
 
 
 def _overlap_owner(crops: Sequence[Mapping[str, Any]], owner: Mapping[str, int]) -> int | None:
@@ -190,6 +192,12 @@ def match(ledger: Ledger, p: Proposal, match_threshold: float, resolved: Mapping
                 return ident.number
         elif p.route_to in resolved:
             return resolved[p.route_to]
+    if p.kind == "era":  # eras match eras of the same parent only: by shared faces, then centroid
+        eras = [i for i in ledger.identities if i.kind == "era" and i.parent == p.parent]
+        hit = _overlap_owner(p.crops, {k: i.number for i in eras for k in i.members})
+        if hit is not None:
+            return hit
+        return _nearest(eras, p, match_threshold)
     if p.kind == "identities":
         for ident in ledger.identities:
             if ident.kind == "identities" and ident.label == p.label:
@@ -198,10 +206,12 @@ def match(ledger: Ledger, p: Proposal, match_threshold: float, resolved: Mapping
     hit = _overlap_owner(p.crops, ledger.owner())
     if hit is not None:
         return hit
+    return _nearest([i for i in ledger.identities if i.kind != "era"], p, match_threshold)
+
+
+def _nearest(candidates: Sequence[Identity], p: Proposal, match_threshold: float) -> int | None:
     best, best_d = None, match_threshold
-    for ident in ledger.identities:
-        if ident.kind == "era":
-            continue
+    for ident in candidates:
         c = ident.centroid(p.model_id)
         if c is None:
             continue
@@ -237,7 +247,10 @@ def apply(ledger: Ledger, p: Proposal, number: int | None, embeddings: Mapping[s
     face whose photo already has another face in the identity is skipped (cannot-link). A new
     identity is only created when at least one face is left for it; returns None otherwise.
     """
-    owner = ledger.owner()
+    if p.kind == "era":  # an era shares its faces with its parent, not with its sibling eras
+        owner = {k: i.number for i in ledger.identities if i.kind == "era" and i.parent == p.parent for k in i.members}
+    else:
+        owner = ledger.owner()
     ident = ledger.by_number(number) if number is not None else None
     photos = ident.photos() if ident is not None else set()
     fresh = []
@@ -250,12 +263,14 @@ def apply(ledger: Ledger, p: Proposal, number: int | None, embeddings: Mapping[s
         if not fresh:
             return None
         n = ledger.next_number()
-        wanted = p.label if p.kind == "identities" and p.label else discovered_name(n)
+        wanted = {"identities": p.label, "era": p.name}.get(p.kind) or discovered_name(n)
         ident = Identity(
             number=n,
             name=unique_name(ledger, wanted),
-            kind="identities" if p.kind == "identities" else "discovered",
+            kind=p.kind if p.kind in ("identities", "era") else "discovered",
             label=p.label if p.kind == "identities" else None,
+            parent=p.parent if p.kind == "era" else None,
+            thin=p.thin if p.kind == "era" else False,
         )
         ledger.identities.append(ident)
     for c in fresh:
@@ -269,6 +284,8 @@ def apply(ledger: Ledger, p: Proposal, number: int | None, embeddings: Mapping[s
             s = (np.asarray(prev, np.float64) if prev is not None else 0.0) + np.asarray(emb, np.float64)
             ident.centroid_sum[p.model_id] = [round(float(v), 7) for v in s]
             ident.centroid_count[p.model_id] = ident.centroid_count.get(p.model_id, 0) + 1
+    if p.kind == "era" and ident.thin != p.thin:
+        ident.thin = p.thin  # an era that grew past min_era_faces leaves _thin/
     if fresh and p.source not in ident.sources:
         ident.sources.append(p.source)
     return MergeChange(ident.number, ident.name, number is None, [c["face_key"] for c in fresh])

@@ -79,7 +79,8 @@ def load_embeddings(face_tables: Sequence[Path], keys: set[str]) -> dict[str, np
     return out
 
 
-def _proposals(batch: ExportBatch) -> list[L.Proposal]:
+def _proposals(batch: ExportBatch, parent: str | None = None) -> list[L.Proposal]:
+    """The batch's facesets as proposals (``parent``: the batch is the era split of that identity)."""
     model_id = batch.manifest.get("model_id", "")
     props = []
     for e in batch.manifest.get("facesets", []):
@@ -89,12 +90,14 @@ def _proposals(batch: ExportBatch) -> list[L.Proposal]:
             L.Proposal(
                 source=batch.source,
                 name=e["name"],
-                kind=e.get("kind", "discovered"),
+                kind="era" if parent else e.get("kind", "discovered"),
                 model_id=model_id,
                 centroid=np.asarray(e.get("centroid") or [], np.float64),
                 crops=crops,
                 label=e.get("label"),
                 route_to=route,
+                parent=parent,
+                thin=bool(e.get("thin", False)),
             )
         )
     return props
@@ -201,18 +204,26 @@ def canonical_manifest(ledger: L.Ledger, top_n: int) -> dict:
 
 
 def merge_batches(
-    ledger: L.Ledger, batches: Sequence[ExportBatch], face_tables: Sequence[Path], settings: MergeSettings
+    ledger: L.Ledger,
+    batches: Sequence[ExportBatch],
+    face_tables: Sequence[Path],
+    settings: MergeSettings,
+    parents: Mapping[str, str] | None = None,
 ) -> list[L.MergeChange]:
-    """Apply the batches that changed since the last merge; returns what changed."""
+    """Apply the batches that changed since the last merge; returns what changed.
+
+    ``parents``: batch source -> identity name, for the era-split batches.
+    """
     changes: list[L.MergeChange] = []
     resolved: dict[str, int] = {}
+    parents = parents or {}
     for b in batches:
         prev = ledger.batches.get(b.source, {})
         if prev.get("digest") == b.digest:
             resolved.update({f"{b.source}/{n}": v for n, v in prev.get("entries", {}).items()})
             log.info("manifest-merge: %s unchanged since the last merge", b.source)
             continue
-        props = _proposals(b)
+        props = _proposals(b, parents.get(b.source))
         keys = {c["face_key"] for p in props for c in p.crops}
         emb = load_embeddings(face_tables, keys)
         entries: dict[str, int] = {}
@@ -240,17 +251,31 @@ def merge_batches(
 
 
 def run_merge(
-    exports: Sequence[tuple[str, Path]], face_tables: Sequence[Path], swap_ready: Path, settings: MergeSettings
+    exports: Sequence[tuple[str, Path]],
+    face_tables: Sequence[Path],
+    swap_ready: Path,
+    settings: MergeSettings,
+    eras: Sequence[tuple[str, Path]] = (),
 ) -> dict:
-    """``facesets manifest-merge``: update ``swap_ready/`` in place; returns a summary."""
+    """``facesets manifest-merge``: update ``swap_ready/`` in place; returns a summary.
+
+    ``eras``: (identity name, era-split export dir) pairs, folded in after the sources.
+    """
     swap_ready = Path(swap_ready)
     swap_ready.mkdir(parents=True, exist_ok=True)
     ledger_path, manifest_path = swap_ready / LEDGER, swap_ready / MANIFEST
     ledger = L.load(ledger_path)
     batches = [read_export(s, d) for s, d in exports]
-    changes = merge_batches(ledger, batches, face_tables, settings)
+    batches += [read_export(f"eras:{name}", d) for name, d in eras]
+    parents = {f"eras:{name}": name for name, _ in eras}
+    changes = merge_batches(ledger, batches, face_tables, settings, parents)
     # New members' crops are copied from the exports now (later exports renumber their files).
     rebuilt = [i.name for i in ledger.identities if build_identity(i, swap_ready, settings.top_n)]
+    for ident in ledger.identities:  # an era that left (or entered) _thin/: drop its old folder
+        if ident.kind == "era":
+            stale = swap_ready / (ident.name if ident.thin else f"_thin/{ident.name}")
+            if (stale / MANIFEST).exists():
+                shutil.rmtree(stale)
     manifest = canonical_manifest(ledger, settings.top_n)
     new_ledger = L.to_json(ledger)
     old_ledger = json.loads(ledger_path.read_text(encoding="utf-8")) if ledger_path.exists() else None

@@ -1,4 +1,4 @@
-# manifest-merge: every source's export -> the canonical library facesets_swap_ready/
+# manifest-merge: every source's export (then the era splits) -> the canonical library facesets_swap_ready/
 # (manifest.json + the identity ledger beside it). update(): the two files are changed in
 # place (backed up first), never deleted: they hold the user's identity numbers.
 
@@ -6,6 +6,7 @@
 rule manifest_merge:
     input:
         exports=all_exports(),
+        eras=all_eras(),
         faces=all_face_tables(),
     output:
         manifest=update(f"{OUTPUT}/facesets_swap_ready/manifest.json"),
@@ -13,6 +14,7 @@ rule manifest_merge:
     params:
         swap_ready=f"{OUTPUT}/facesets_swap_ready",
         exports=lambda w: " ".join(f"--export {n}={OUTPUT}/export/{n}" for n in source_names()),
+        eras=lambda w: " ".join(f"--eras {n}={OUTPUT}/eras/{n}" for n in config["eras"]["identities"]),
         faces=lambda w: " ".join(f"--faces {t}" for t in all_face_tables()),
         top_n=config["export"]["top_n"],
         backups=config["merge"]["backups"],
@@ -21,5 +23,5 @@ rule manifest_merge:
     conda:
         "../envs/facesets.yaml"
     shell:
-        "facesets manifest-merge {params.swap_ready:q} {params.exports} {params.faces}"
+        "facesets manifest-merge {params.swap_ready:q} {params.exports} {params.eras} {params.faces}"
         " --top-n {params.top_n} --backups {params.backups} 2> {log:q}"
