@@ -12,7 +12,7 @@ rule manifest_merge:
         manifest=update(f"{OUTPUT}/facesets_swap_ready/manifest.json"),
         ledger=update(f"{OUTPUT}/facesets_swap_ready/ledger.json"),
     params:
-        swap_ready=f"{OUTPUT}/facesets_swap_ready",
+        swap_ready=lambda w, output: os.path.dirname(output.manifest),
         exports=lambda w: " ".join(f"--export {n}={OUTPUT}/export/{n}" for n in source_names()),
         eras=lambda w: " ".join(f"--eras {n}={OUTPUT}/eras/{n}" for n in config["eras"]["identities"]),
         faces=lambda w: " ".join(f"--faces {t}" for t in all_face_tables()),
