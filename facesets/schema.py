@@ -94,6 +94,24 @@ FACES = pa.schema(
     ]
 )
 
+# enrich's output (work/sources/<s>/quality.parquet): one row per face of the face table.
+QUALITY = pa.schema(
+    [
+        ("face_key", pa.string()),
+        ("face_short", pa.float32()),  # short edge of the box, original oriented pixels
+        ("blur", pa.float32()),  # variance of the Laplacian on the 112x112 aligned face (NaN: unreadable)
+        ("det_score", pa.float32()),
+        ("symmetry", pa.float32()),  # [0, 1], 1 = mirror-symmetric 5 keypoints (facesets/pose.py)
+        ("pitch", pa.float32()),  # degrees, NaN when unknown (facesets/pose.py conventions)
+        ("yaw", pa.float32()),
+        ("roll", pa.float32()),
+        ("pose_source", pa.string()),  # insightface | kps5_pnp
+        ("exif_year", pa.int16()),  # EXIF DateTimeOriginal year, null when absent
+        ("landmark_2d_106", pa.list_(pa.float32())),  # 106 x,y pairs (original pixels) or null
+        ("landmark_3d_68", pa.list_(pa.float32())),  # 68 x,y,z triples (original pixels) or null
+    ]
+)
+
 
 def face_key(sha256: str, face_index: int) -> str:
     return f"{sha256}_{face_index}"

@@ -1,0 +1,458 @@
+"""The ``dedup`` stage: byte-identical and visual near-duplicate photo groups -> duplicates.json.
+
+Byte-identical groups come straight from the listing (one sha256, several paths).
+
+Near-duplicates are the *same photo* resized, recompressed, re-encoded in another format,
+padded (letterbox bars) or cropped (with ``crops`` on, the default, any cut-out whose content
+lies within the other photo; off, only light crops); a different photo of the same person,
+even from the same burst, is not one. Two stages (docs/dedup.md has the measurements):
+
+1. Candidate pairs, cheap and generous: (a) a 64-bit DCT perceptual hash of each photo's
+   content (uniform borders trimmed first, so letterboxing does not change it) within
+   ``phash_distance`` bits, and (b) two faces of different photos whose embeddings are
+   within ``face_distance`` (cosine) of each other, which catches crops the hash misses.
+2. Verification of each candidate pair on pixels: both photos are decoded in grey, trimmed
+   and scaled to ``work_size`` on the long side; the second is aligned onto the first by a
+   similarity transform (a plain resize when the aspect ratios agree, else ORB features +
+   RANSAC, at least ``min_inliers`` inliers); then the aligned pixels must agree: the overlap
+   covers at least ``min_overlap`` of one photo's content (``crops``: a cut-out) or of each
+   (light crops only), the
+   normalised cross-correlation over the overlap is at least ``min_ncc``, and no cell of an
+   8x8 grid over the overlap falls below ``min_cell_ncc`` (a moved head or a changed face
+   in an otherwise identical frame fails there).
+
+Verified pairs are joined transitively (union-find); groups are numbered ``nd_0001`` ... in
+the order of their first member's path. Per-image hashes are cached by sha256 under
+``<cache_dir>/phash-v1/`` (facesets/segcache.py), so a rerun hashes only new photos.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from facesets import imageio, schema, thresholds
+from facesets.atomic import write_json
+from facesets.segcache import SegmentCache
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+HASH_VERSION = 1
+GRID = 8
+TRIM_TOLERANCE = 12  # grey levels: a border row/column this flat is padding
+CELL_RMS_SCALE = 32.0  # grey levels: a cell also scores 1 - rms/32 (0.5 at 16 levels rms: a flat cell passes)
+HASH_SCHEMA = pa.schema([("sha256", pa.string()), ("phash", pa.int64()), ("error", pa.string())])
+
+
+@dataclass(frozen=True)
+class DedupOptions:
+    phash_distance: int = 12  # candidate: hash bits that may differ (of 64)
+    face_distance: float | None = None  # candidate: face cosine distance; None = half the model's match threshold
+    work_size: int = 512  # verification: long side of the grey working copies
+    min_inliers: int = 20  # ORB/RANSAC inliers for a similarity transform
+    min_overlap: float = 0.7  # share of one photo's content inside the other (of each without crops)
+    crops: bool = True  # a cut-out of a photo is its near-duplicate (False: light crops only)
+    min_ncc: float = 0.90  # normalised cross-correlation over the overlap
+    min_cell_ncc: float = 0.50  # the worst textured cell of an 8x8 grid over the overlap
+    workers: int = 2
+    max_pixels: int = 250_000_000
+
+
+@dataclass
+class DedupStats:
+    images: int = 0
+    byte_identical_groups: int = 0
+    hashed: int = 0  # photos hashed this run (the rest came from the cache)
+    candidates: int = 0
+    verified: int = 0
+    near_duplicate_groups: int = 0
+    near_duplicate_images: int = 0
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------- pixels
+
+
+def trim_borders(grey: np.ndarray, tol: int = TRIM_TOLERANCE) -> np.ndarray:
+    """Cut uniform rows/columns (letterbox or pillarbox bars) from the edges."""
+
+    def flat_run(lines: np.ndarray) -> int:
+        spread = lines.max(axis=1).astype(np.int16) - lines.min(axis=1).astype(np.int16)
+        busy = np.flatnonzero(spread > tol)
+        return int(busy[0]) if busy.size else len(lines)
+
+    h, w = grey.shape
+    top, bottom = flat_run(grey), flat_run(grey[::-1])
+    left, right = flat_run(grey.T), flat_run(grey.T[::-1])
+    if top + bottom >= h - 8 or left + right >= w - 8:
+        return grey  # (nearly) uniform image: keep it whole
+    return grey[top : h - bottom, left : w - right]
+
+
+def load_grey(path: str, size: int, max_pixels: int = 250_000_000) -> np.ndarray:
+    """Grey, oriented, borders trimmed, long side ``size`` (area-averaged, or upscaled)."""
+    dec = imageio.decode(path, target_long_side=size * 2, max_pixels=max_pixels)
+    grey = trim_borders(cv2.cvtColor(dec.rgb, cv2.COLOR_RGB2GRAY))
+    h, w = grey.shape
+    f = size / max(h, w)
+    dsize = (max(1, round(w * f)), max(1, round(h * f)))
+    return cv2.resize(grey, dsize, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+
+
+def phash(grey: np.ndarray) -> int:
+    """64-bit DCT hash: the 8x8 lowest frequencies (DC excluded: 63 bits used) above their median."""
+    small = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    coeffs = cv2.dct(small)[:8, :8].reshape(-1)[1:]
+    bits = coeffs > np.median(coeffs)
+    value = 0
+    for b in bits:
+        value = (value << 1) | int(b)
+    return value - (1 << 63) if value >= (1 << 63) else value  # as signed int64
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(np.bitwise_xor(a.view(np.uint64), b.view(np.uint64)))
+
+
+# ---------------------------------------------------------------- verification
+
+
+@dataclass(frozen=True)
+class Match:
+    ok: bool
+    how: str  # resize | orb | -
+    inliers: int = 0
+    overlap: float = 0.0
+    ncc: float = 0.0
+    cell_ncc: float = 0.0
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum() / den) if den > 1e-6 else 1.0
+
+
+def compare_aligned(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> tuple[float, float, float]:
+    """((share of a, share of b), ncc, worst cell) of ``b`` warped by ``m`` (2x3, b -> a) onto ``a``.
+
+    The shares are how much of each photo's content lies inside the other. A cell's score
+    is the larger of its NCC and ``1 - rms / CELL_RMS_SCALE`` (rms difference in grey levels):
+    flat cells, where NCC only sees compression noise, pass on close values, textured cells
+    pass on correlation; a cell whose content changed fails both.
+    """
+    h, w = a.shape
+    bw = cv2.warpAffine(b, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+    mask = cv2.warpAffine(np.full(b.shape, 255, np.uint8), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
+    mask = cv2.erode(mask, np.ones((5, 5), np.uint8)) > 0
+    area = float(mask.sum())
+    if area < 256:
+        return (0.0, 0.0), 0.0, 0.0
+    scale2 = abs(float(np.linalg.det(m[:, :2])))
+    shares = (min(1.0, area / a.size), min(1.0, area / (scale2 * b.size)))
+    # compare at the coarser of the two resolutions: blur away resampling/compression detail
+    af = cv2.GaussianBlur(a.astype(np.float32), (0, 0), 1.2)
+    bf = cv2.GaussianBlur(bw.astype(np.float32), (0, 0), 1.2)
+    ncc = _ncc(af[mask], bf[mask])
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    worst = 1.0
+    for gy in range(GRID):
+        for gx in range(GRID):
+            sy = slice(y0 + (y1 - y0) * gy // GRID, y0 + (y1 - y0) * (gy + 1) // GRID)
+            sx = slice(x0 + (x1 - x0) * gx // GRID, x0 + (x1 - x0) * (gx + 1) // GRID)
+            cm = mask[sy, sx]
+            if cm.sum() < 0.5 * cm.size or cm.sum() < 16:
+                continue
+            ca, cb = af[sy, sx][cm], bf[sy, sx][cm]
+            rms = math.sqrt(float(np.mean((ca - cb) ** 2)))
+            worst = min(worst, max(_ncc(ca, cb), 1.0 - rms / CELL_RMS_SCALE))
+    return shares, ncc, worst
+
+
+_ORB_FEATURES = 2000
+
+
+def _orb_transform(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray | None, int]:
+    orb = cv2.ORB_create(_ORB_FEATURES)
+    ka, da = orb.detectAndCompute(a, None)
+    kb, db = orb.detectAndCompute(b, None)
+    if da is None or db is None or len(ka) < 8 or len(kb) < 8:
+        return None, 0
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(db, da, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < 0.8 * p[1].distance]
+    if len(good) < 8:
+        return None, 0
+    src = np.float32([kb[g.queryIdx].pt for g in good])
+    dst = np.float32([ka[g.trainIdx].pt for g in good])
+    m, inl = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0)
+    if m is None:
+        return None, 0
+    return m, int(inl.sum())
+
+
+def refine_transform(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Sub-pixel refinement of ``m`` (b -> a) by ECC on the grey images; ``m`` unchanged if ECC fails."""
+    warp = cv2.invertAffineTransform(m).astype(np.float32)  # ECC's warp maps a's pixels into b
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-5)
+    try:
+        _, warp = cv2.findTransformECC(a, b, warp, cv2.MOTION_AFFINE, criteria, None, 3)
+    except cv2.error:
+        return m
+    refined = cv2.invertAffineTransform(warp).astype(np.float64)
+    shift = np.abs(refined - m)
+    return refined if shift[:, :2].max() < 0.05 and shift[:, 2].max() < 8 else m  # a small correction only
+
+
+def overlap_of(opts: DedupOptions, shares: tuple[float, float]) -> float:
+    """The overlap the threshold applies to: the contained photo's share (crops) or the smaller share."""
+    return max(shares) if opts.crops else min(shares)
+
+
+def _passes(opts: DedupOptions, overlap: float, ncc: float, cell: float) -> bool:
+    return overlap >= opts.min_overlap and ncc >= opts.min_ncc and cell >= opts.min_cell_ncc
+
+
+def verify_pair(a: np.ndarray, b: np.ndarray, opts: DedupOptions) -> Match:
+    """Is ``b`` the same photo as ``a`` (grey working copies from ``load_grey``)?"""
+    ha, wa = a.shape
+    hb, wb = b.shape
+    if abs(math.log((wa / ha) / (wb / hb))) < 0.03:  # same aspect ratio: try a plain resize first
+        m = refine_transform(a, b, np.array([[wa / wb, 0, 0], [0, ha / hb, 0]], np.float64))
+        shares, ncc, cell = compare_aligned(a, b, m)
+        ov = overlap_of(opts, shares)
+        if _passes(opts, ov, ncc, cell):
+            return Match(True, "resize", 0, ov, ncc, cell)
+    m, inliers = _orb_transform(a, b)
+    if m is None or inliers < opts.min_inliers:
+        return Match(False, "orb", inliers)
+    shares, ncc, cell = compare_aligned(a, b, refine_transform(a, b, m))
+    ov = overlap_of(opts, shares)
+    return Match(_passes(opts, ov, ncc, cell), "orb", inliers, ov, ncc, cell)
+
+
+# ---------------------------------------------------------------- candidates
+
+
+def phash_pairs(hashes: np.ndarray, max_distance: int, block: int = 4096) -> set[tuple[int, int]]:
+    """Index pairs (i < j) whose hashes differ in at most ``max_distance`` bits (blocked, exact)."""
+    out: set[tuple[int, int]] = set()
+    h = np.ascontiguousarray(hashes, np.int64)
+    for s in range(0, len(h), block):
+        d = hamming(h[s : s + block, None], h[None, :])
+        ii, jj = np.nonzero(d <= max_distance)
+        ii = ii + s
+        keep = ii < jj
+        out.update(zip(ii[keep].tolist(), jj[keep].tolist(), strict=True))
+    return out
+
+
+def face_pairs(faces: pd.DataFrame, image_index: dict[str, int], max_distance: float) -> set[tuple[int, int]]:
+    """Image index pairs with two faces (of different photos) within ``max_distance`` cosine distance."""
+    import faiss
+
+    faces = faces[faces["sha256"].isin(image_index)]
+    if len(faces) < 2:
+        return set()
+    emb = np.ascontiguousarray(np.stack(faces["embedding"].to_numpy()).astype(np.float32))
+    img = faces["sha256"].map(image_index).to_numpy()
+    index = faiss.IndexFlatIP(emb.shape[1])
+    index.add(emb)
+    lims, _, ids = index.range_search(emb, 1.0 - max_distance)
+    out: set[tuple[int, int]] = set()
+    for q in range(len(emb)):
+        for k in ids[lims[q] : lims[q + 1]]:
+            a, b = int(img[q]), int(img[k])
+            if a != b:
+                out.add((min(a, b), max(a, b)))
+    return out
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _hash_one(path: str, sha: str, opts: DedupOptions) -> dict:
+    try:
+        return {"sha256": sha, "phash": phash(load_grey(path, 256, opts.max_pixels)), "error": None}
+    except imageio.ImageLoadError as exc:
+        return {"sha256": sha, "phash": 0, "error": str(exc)}
+
+
+def image_hashes(images: pd.DataFrame, cache: SegmentCache, opts: DedupOptions) -> tuple[pd.DataFrame, int]:
+    """(sha256, phash, error) per image, from the cache or computed (and cached)."""
+    have = cache.load(images["sha256"])
+    todo = images[~images["sha256"].isin(set(have["sha256"]))]
+    rows: list[dict] = []
+    with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
+        rows = list(pool.map(lambda r: _hash_one(r[0], r[1], opts), zip(todo["path"], todo["sha256"], strict=True)))
+    done = pd.DataFrame(rows, columns=HASH_SCHEMA.names)
+    cache.add(done[done["error"].isna()])  # a read error may be temporary: not cached
+    return pd.concat([p for p in (have, done) if len(p)] or [have], ignore_index=True), len(todo)
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def face_distance_for(faces: pd.DataFrame, opts: DedupOptions) -> float:
+    if opts.face_distance is not None:
+        return opts.face_distance
+    ids = faces["model_id"].dropna().unique() if len(faces) else []
+    if not len(ids):
+        return 0.0
+    return thresholds.for_model(ids[0]).match / 2.0
+
+
+def find_duplicates(
+    listing: pd.DataFrame, faces: pd.DataFrame | None, cache_dir: Path, opts: DedupOptions
+) -> tuple[dict, DedupStats]:
+    """The duplicates document (see module doc) for a listing and its face table."""
+    t0 = time.monotonic()
+    readable = listing[listing["sha256"].notna() & listing["error"].isna()].sort_values("path").reset_index(drop=True)
+    stats = DedupStats(images=len(readable))
+    byte_groups = [
+        {"sha256": r.sha256, "paths": [r.path, *sorted(r.aliases)]}
+        for r in readable.itertuples(index=False)
+        if r.aliases is not None and len(r.aliases)
+    ]
+    stats.byte_identical_groups = len(byte_groups)
+    cache = SegmentCache(Path(cache_dir) / f"phash-v{HASH_VERSION}", HASH_SCHEMA, "sha256")
+    hashes, stats.hashed = image_hashes(readable[["sha256", "path"]], cache, opts)
+    hashes = readable[["sha256"]].merge(hashes, on="sha256", how="left")
+    usable = hashes["error"].isna().to_numpy()
+    index = {sha: i for i, sha in enumerate(readable["sha256"])}
+    pairs = {
+        (i, j)
+        for i, j in phash_pairs(hashes["phash"].to_numpy(np.int64), opts.phash_distance)
+        if usable[i] and usable[j]
+    }
+    face_dist = 0.0
+    if faces is not None and len(faces):
+        face_dist = face_distance_for(faces, opts)
+        pairs |= {(i, j) for i, j in face_pairs(faces, index, face_dist) if usable[i] and usable[j]}
+    stats.candidates = len(pairs)
+    verified = verify_pairs(sorted(pairs), readable["path"].tolist(), opts)
+    stats.verified = len(verified)
+    uf = _UnionFind(len(readable))
+    for i, j in verified:
+        uf.union(i, j)
+    members: dict[int, list[int]] = {}
+    for i in range(len(readable)):
+        members.setdefault(uf.find(i), []).append(i)
+    groups = sorted((sorted(m) for m in members.values() if len(m) > 1), key=lambda m: m[0])
+    near = [
+        {
+            "group": f"nd_{k:04d}",
+            "members": [{"sha256": readable.at[i, "sha256"], "path": readable.at[i, "path"]} for i in g],
+        }
+        for k, g in enumerate(groups, start=1)
+    ]
+    stats.near_duplicate_groups = len(near)
+    stats.near_duplicate_images = sum(len(g) for g in groups)
+    stats.seconds = round(time.monotonic() - t0, 3)
+    method = {**asdict(opts), "face_distance": face_dist, "hash": f"dct64-v{HASH_VERSION}", "grid": GRID}
+    method.pop("workers")
+    doc = {
+        "version": VERSION,
+        "method": method,
+        "stats": asdict(stats),
+        "byte_identical": byte_groups,
+        "near_duplicate": near,
+    }
+    return doc, stats
+
+
+def verify_pairs(pairs: Sequence[tuple[int, int]], paths: Sequence[str], opts: DedupOptions) -> list[tuple[int, int]]:
+    """The candidate pairs that pass verification (each photo decoded once, in a thread pool)."""
+    needed = sorted({i for p in pairs for i in p})
+    cv2.setNumThreads(1)
+
+    def load(i: int) -> tuple[int, np.ndarray | None]:
+        try:
+            return i, load_grey(paths[i], opts.work_size, opts.max_pixels)
+        except imageio.ImageLoadError:
+            return i, None
+
+    with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
+        grey = dict(pool.map(load, needed))
+
+        def check(p: tuple[int, int]) -> tuple[tuple[int, int], Match]:
+            a, b = grey[p[0]], grey[p[1]]
+            if a is None or b is None:
+                return p, Match(False, "-")
+            m = verify_pair(a, b, opts)
+            log.debug("dedup: %s ~ %s: %s", paths[p[0]], paths[p[1]], m)
+            return p, m
+
+        return [p for p, m in pool.map(check, pairs) if m.ok]
+
+
+def run_dedup(
+    faces_path: Path, out: Path, cache_dir: Path, opts: DedupOptions, listing_path: Path | None = None
+) -> DedupStats:
+    """``facesets dedup CACHE``: duplicates.json for a face table and its source's listing.
+
+    The listing defaults to ``listing.parquet`` beside the face table; without one, the image
+    records (``faces.images.parquet``) stand in (they carry sha256, path and aliases).
+    """
+    from facesets.embed import sidecar_paths
+
+    faces_path = Path(faces_path)
+    listing_path = Path(listing_path) if listing_path else faces_path.with_name("listing.parquet")
+    if listing_path.exists():
+        listing = schema.read_table(listing_path)
+    else:
+        images_path = sidecar_paths(faces_path)[0]
+        if not images_path.exists():
+            raise ValueError(f"{listing_path}: no listing (and no image records at {images_path})")
+        listing = schema.read_table(images_path)
+    if "error" not in listing.columns:
+        listing["error"] = None
+    if "status" in listing.columns:  # image records: errors are status rows
+        listing.loc[listing["status"] == "error", "error"] = listing["error"].fillna("error")
+    faces = schema.read_table(faces_path, ["sha256", "embedding", "model_id"]) if faces_path.exists() else None
+    doc, stats = find_duplicates(listing, faces, cache_dir, opts)
+    write_json(out, doc)
+    log.info("dedup: %s", asdict(stats))
+    return stats
+
+
+def image_groups(duplicates_json_path: str | Path) -> dict[str, str]:
+    """sha256 -> near-duplicate group id, for every image in a near-duplicate group.
+
+    Images in no group are absent (treat ``groups.get(sha, sha)`` as the photo's own group).
+    Byte-identical copies share one sha256 already, so they need no entry.
+    """
+    with open(duplicates_json_path, encoding="utf-8") as fh:
+        doc = json.load(fh)
+    return {m["sha256"]: g["group"] for g in doc.get("near_duplicate", []) for m in g["members"]}
+
+
+def groups_of(doc: dict) -> list[set[str]]:
+    """The near-duplicate groups of a duplicates document as sets of paths (for tests/tools)."""
+    return [{m["path"] for m in g["members"]} for g in doc["near_duplicate"]]

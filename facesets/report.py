@@ -1,0 +1,388 @@
+"""What ``snakemake --report report.html`` shows: contact sheets per face set and run statistics.
+
+* ``contact_sheets(export_dir, out_dir)``: one PNG per face set of an export (contract 4,
+  ``<export>/manifest.json``): a header (face set, source, crop count, score range) and a grid
+  of the exported crops in score order, each with its rank, composite score and a bar per
+  score component (frontality, det_score, symmetry, face size, sharpness).
+* ``run_stats(sources, out_html)``: one self-contained HTML page with, per source, images,
+  files, faces, no-face and unreadable photos (embed), raw clusters and singletons (cluster),
+  duplicate groups (dedup), the refine funnel with rejections by gate, and the export's face
+  sets, crops and rejections.
+
+Both are pure functions of the stage outputs; rules/report.smk marks their outputs with
+Snakemake's ``report()`` flag (captions in ``report/*.rst``).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from facesets.atomic import write_text
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("frontality", "det_score", "symmetry", "face_size", "sharpness")
+COMPONENT_COLOURS = ((70, 130, 220), (90, 170, 90), (200, 150, 40), (160, 90, 190), (210, 80, 80))
+BACKGROUND = (246, 246, 244)
+INK = (30, 30, 30)
+MUTED = (110, 110, 110)
+LABEL_H = 22 + 5 * len(COMPONENTS) + 6  # score band + one bar per component, below each thumbnail
+
+
+@dataclass(frozen=True)
+class SheetOptions:
+    columns: int = 8
+    thumb: int = 150  # pixels per crop thumbnail
+    max_tiles: int = 200  # crops shown per face set (the best by score)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # pragma: no cover - Pillow < 10.1 without sized default font
+        return ImageFont.load_default()
+
+
+def score_colour(score: float) -> tuple[int, int, int]:
+    """Red (0) -> amber (0.5) -> green (1) for a score in [0, 1]."""
+    s = 0.0 if score is None or not math.isfinite(score) else min(1.0, max(0.0, score))
+    if s < 0.5:
+        return (200, int(60 + 240 * s), 50)
+    return (int(200 - 300 * (s - 0.5)), 180, 60)
+
+
+def _legend(draw: ImageDraw.ImageDraw, x: int, y: int, font) -> None:
+    for name, colour in zip(COMPONENTS, COMPONENT_COLOURS, strict=True):
+        draw.rectangle([x, y + 3, x + 12, y + 13], fill=colour)
+        draw.text((x + 16, y), name.replace("_", " "), fill=MUTED, font=font)
+        x += 22 + int(draw.textlength(name, font=font))
+
+
+def _tile(crop_path: Path, entry: Mapping, rank: int, size: int, fonts) -> Image.Image:
+    tile = Image.new("RGB", (size, size + LABEL_H), "white")
+    try:
+        with Image.open(crop_path) as im:
+            tile.paste(im.convert("RGB").resize((size, size), Image.Resampling.LANCZOS), (0, 0))
+    except (OSError, ValueError) as exc:
+        log.warning("contact sheet: cannot read %s (%s)", crop_path, exc)
+        ImageDraw.Draw(tile).text((8, size // 2), "unreadable", fill=(200, 0, 0), font=fonts[1])
+    draw = ImageDraw.Draw(tile)
+    mode = (entry.get("crop") or {}).get("mode")
+    if mode and mode != "clean":  # export masked a bystander or shrank the margin: worth a look
+        w = draw.textlength(mode, font=fonts[2])
+        draw.rectangle([0, 0, w + 8, 16], fill=(40, 40, 40))
+        draw.text((4, 1), mode, fill="white", font=fonts[2])
+    score = entry.get("score")
+    score_txt = f"{score:.2f}" if isinstance(score, (int, float)) else "-"
+    draw.rectangle(
+        [0, size, size - 1, size + 20], fill=score_colour(score if isinstance(score, (int, float)) else None)
+    )
+    draw.text((5, size + 2), f"#{rank}", fill="white", font=fonts[1])
+    w = draw.textlength(score_txt, font=fonts[1])
+    draw.text((size - 5 - w, size + 2), score_txt, fill="white", font=fonts[1])
+    comps = entry.get("components") or {}
+    y = size + 24
+    for name, colour in zip(COMPONENTS, COMPONENT_COLOURS, strict=True):
+        v = comps.get(name)
+        draw.rectangle([4, y, size - 5, y + 3], fill=(228, 228, 228))
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            draw.rectangle([4, y, 4 + int((size - 9) * min(1.0, max(0.0, v))), y + 3], fill=colour)
+        y += 5
+    return tile
+
+
+def render_sheet(export_dir: Path, entry: Mapping, source: str, opts: SheetOptions) -> Image.Image:
+    """The contact sheet of one face set (an entry of the export manifest's ``facesets``)."""
+    crops = sorted(entry.get("crops", []), key=lambda c: -(c.get("score") or 0.0))
+    shown = crops[: opts.max_tiles]
+    fonts = (_font(22), _font(14), _font(12))
+    cols = max(1, min(opts.columns, len(shown) or 1))
+    gap, margin, header = 8, 16, 78
+    tile_h = opts.thumb + LABEL_H
+    rows = math.ceil(len(shown) / cols) if shown else 0
+    width = max(2 * margin + cols * opts.thumb + (cols - 1) * gap, 760)
+    height = header + margin + rows * (tile_h + gap) + (40 if not shown else 0)
+    sheet = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    scores = [c["score"] for c in crops if isinstance(c.get("score"), (int, float))]
+    name = entry.get("name", "?")
+    title = f"{name}  ·  {source}" if source else name
+    draw.text((margin, 10), title, fill=INK, font=fonts[0])
+    facts = f"{len(crops)} crops from {entry.get('unique_images', '?')} photos"
+    if scores:
+        facts += f"  ·  score {min(scores):.2f} to {max(scores):.2f}, median {sorted(scores)[len(scores) // 2]:.2f}"
+    if len(crops) > len(shown):
+        facts += f"  ·  showing the best {len(shown)}"
+    draw.text((margin, 38), facts, fill=MUTED, font=fonts[1])
+    _legend(draw, margin, 58, fonts[2])
+    if not shown:
+        draw.text((margin, header + 8), "no crops exported", fill=(200, 0, 0), font=fonts[1])
+    for i, c in enumerate(shown):
+        r, k = divmod(i, cols)
+        x = margin + k * (opts.thumb + gap)
+        y = header + r * (tile_h + gap)
+        sheet.paste(_tile(export_dir / c["file"], c, i, opts.thumb, fonts), (x, y))
+    return sheet
+
+
+def read_export_manifest(export_dir: Path) -> dict:
+    path = Path(export_dir) / "manifest.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no export manifest (run `facesets export-swap` first)") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+def sheet_name(faceset: str) -> str:
+    """File name of a face set's sheet: the face set's name, made safe for a file name."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in faceset).lstrip(".")
+    return f"{safe or '_'}.png"
+
+
+def contact_sheets(export_dir: Path, out_dir: Path, opts: SheetOptions) -> list[Path]:
+    """One PNG per face set of the export into ``out_dir`` (replaced atomically as a folder)."""
+    export_dir, out_dir = Path(export_dir), Path(out_dir)
+    manifest = read_export_manifest(export_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-" + out_dir.name + ".", dir=out_dir.parent))
+    written = []
+    try:
+        for entry in manifest.get("facesets", []):
+            dest = tmp / sheet_name(entry.get("name", "faceset"))
+            render_sheet(export_dir, entry, manifest.get("source", ""), opts).save(dest, optimize=True)
+            written.append(out_dir / dest.name)
+        if out_dir.exists():
+            old = out_dir.with_name(f".old-{out_dir.name}-{os.getpid()}")
+            os.replace(out_dir, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return written
+
+
+# ---------------------------------------------------------------- run statistics
+
+
+@dataclass(frozen=True)
+class SourceFiles:
+    """A source's stage outputs the statistics page reads (any may be None when absent)."""
+
+    name: str
+    faces: Path | None = None  # faces.parquet (faces.images.parquet and faces.stats.json beside it)
+    raw: Path | None = None  # raw clusters folder (manifest.json)
+    duplicates: Path | None = None
+    refine: Path | None = None  # refine folder (refine_manifest.json)
+    export: Path | None = None  # export folder (manifest.json)
+
+    @classmethod
+    def parse(cls, spec: str) -> SourceFiles:
+        """``name=demo,faces=...,raw=...,duplicates=...,refine=...,export=...``."""
+        fields = {}
+        for part in spec.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or key not in cls.__dataclass_fields__:
+                raise ValueError(
+                    f"--source {spec!r}: expected key=value pairs with keys {list(cls.__dataclass_fields__)}"
+                )
+            fields[key] = value if key == "name" else Path(value)
+        if "name" not in fields:
+            raise ValueError(f"--source {spec!r}: missing name=")
+        return cls(**fields)
+
+
+def _load_json(path: Path | None) -> dict | None:
+    if path is None or not Path(path).exists():
+        return None
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def source_stats(s: SourceFiles) -> dict:
+    """The numbers of one source, stage by stage (None where the stage's output is absent)."""
+    from facesets.embed import sidecar_paths
+
+    out: dict = {"source": s.name}
+    if s.faces is not None and Path(s.faces).exists():
+        _, stats_path = sidecar_paths(Path(s.faces))
+        emb = _load_json(stats_path) or {}
+        out["embed"] = {k: emb.get(k) for k in ("images", "files", "faces", "noface", "errors", "analyzed", "model_id")}
+    raw = _load_json(Path(s.raw) / "manifest.json") if s.raw else None
+    if raw is not None:
+        multi = [c for c in raw.get("clusters", []) if c["name"] != "_singletons"]
+        single = sum(c["faces"] for c in raw.get("clusters", []) if c["name"] == "_singletons")
+        out["cluster"] = {"clusters": len(multi), "faces_in_clusters": sum(c["faces"] for c in multi),
+                          "singletons": single, "threshold": raw.get("threshold")}  # fmt: skip
+    dup = _load_json(s.duplicates)
+    if dup is not None:
+        out["dedup"] = {
+            "byte_identical_groups": len(dup.get("byte_identical", [])),
+            "byte_identical_extra_files": sum(len(g["paths"]) - 1 for g in dup.get("byte_identical", [])),
+            "near_duplicate_groups": len(dup.get("near_duplicate", [])),
+            "near_duplicate_photos": sum(len(g["members"]) for g in dup.get("near_duplicate", [])),
+        }
+    ref = _load_json(Path(s.refine) / "refine_manifest.json") if s.refine else None
+    if ref is not None:
+        st = ref.get("stats", {})
+        out["refine"] = {
+            "faces": st.get("faces"),
+            "clusters_initial": st.get("clusters_initial"),
+            "after_merge": st.get("after_merge"),
+            "rejected": st.get("rejected", {}),
+            "facesets": st.get("facesets", len(ref.get("facesets", []))),
+            "settings": ref.get("settings", {}),
+        }
+    exp = _load_json(Path(s.export) / "manifest.json") if s.export else None
+    if exp is not None:
+        st = exp.get("stats", {})
+        out["export"] = {
+            "facesets": st.get("facesets", len(exp.get("facesets", []))),
+            "crops": st.get("crops"),
+            "candidates": st.get("candidates", len(exp.get("candidates", []))),
+            "rejected": st.get("rejected", {}),
+            "settings": exp.get("settings", {}),
+            "per_faceset": [
+                {"name": e.get("name"), "faces": e.get("faces"), "crops": len(e.get("crops", [])),
+                 "unique_images": e.get("unique_images"),
+                 "median_score": _median([c.get("score") for c in e.get("crops", [])])}
+                for e in exp.get("facesets", [])
+            ],
+        }  # fmt: skip
+    return out
+
+
+_GATES = {
+    "min_short": "face too small (short edge < {min_short} px)",
+    "min_blur": "too blurry (blur < {min_blur})",
+    "min_det_score": "low detector score (< {min_det_score})",
+    "outlier": "outlier (> {outlier_threshold} from its cluster)",
+    "size": "in clusters of < {min_faces} photos",
+    "outlier_tight": "outlier, tight gate (> {outlier_tight})",
+    "duplicate": "near-duplicate of a kept face",
+    "min_face_short": "face too small (short edge < {min_face_short} px)",
+    "bystander_unfixable": "bystander inside every crop",
+    "crop_no_face": "no face found again in the crop",
+    "unreadable": "photo unreadable",
+}
+
+
+def gate_label(gate: str, settings: Mapping) -> str:
+    """A reader's name for a gate, with its threshold where the settings have it."""
+    text = _GATES.get(gate)
+    if text is None:
+        return gate
+    try:
+        return text.format(**{k: _fmt(v) for k, v in settings.items()})
+    except (KeyError, IndexError):
+        return text.split(" (")[0]
+
+
+def _median(values: Sequence) -> float | None:
+    v = sorted(x for x in values if isinstance(x, (int, float)))
+    return round(v[len(v) // 2], 3) if v else None
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.2f}" if abs(v) < 10 else f"{v:.0f}"
+    return html.escape(str(v))
+
+
+def _table(rows: Sequence[tuple[str, object]], head: tuple[str, str] | None = None) -> str:
+    h = f"<tr><th>{html.escape(head[0])}</th><th>{html.escape(head[1])}</th></tr>" if head else ""
+    body = "".join(f"<tr><td>{html.escape(k)}</td><td class='n'>{_fmt(v)}</td></tr>" for k, v in rows)
+    return f"<table>{h}{body}</table>"
+
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;background:#fff}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}
+h3{font-size:14px;margin:16px 0 6px;color:#444} p.note{color:#666;font-size:13px;margin:4px 0 12px}
+.grid{display:flex;flex-wrap:wrap;gap:24px} table{border-collapse:collapse;font-size:13px}
+td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:left} td.n{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f4f4f2}
+"""
+
+
+def render_stats_html(stats: Sequence[dict]) -> str:
+    """The statistics page (self-contained HTML, no scripts)."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>face-sets run statistics</title>"
+             f"<style>{_CSS}</style></head><body><h1>Run statistics</h1>"
+             "<p class='note'>Per source, stage by stage: what came in, what each stage kept, and why faces "
+             "were left out. Rejections count faces (refine's size gate: faces in the dropped clusters).</p>"]  # fmt: skip
+    totals = {"images": 0, "faces": 0, "clusters": 0, "facesets": 0, "crops": 0}
+    for s in stats:
+        totals["images"] += (s.get("embed") or {}).get("images") or 0
+        totals["faces"] += (s.get("embed") or {}).get("faces") or 0
+        totals["clusters"] += (s.get("cluster") or {}).get("clusters") or 0
+        totals["facesets"] += (s.get("export") or s.get("refine") or {}).get("facesets") or 0
+        totals["crops"] += (s.get("export") or {}).get("crops") or 0
+    parts.append("<h2>All sources</h2>" + _table([(k, v) for k, v in totals.items()], ("", "total")))
+    for s in stats:
+        parts.append(f"<h2>Source {html.escape(s['source'])}</h2><div class='grid'>")
+        e = s.get("embed")
+        if e:
+            parts.append("<div><h3>Photos and faces (embed)</h3>" + _table([
+                ("unique photos", e["images"]), ("files (with byte-identical copies)", e["files"]),
+                ("faces", e["faces"]), ("photos without a face", e["noface"]),
+                ("unreadable photos", e["errors"]), ("model", e["model_id"])]) + "</div>")  # fmt: skip
+        c = s.get("cluster")
+        if c:
+            parts.append("<div><h3>Raw clusters (cluster)</h3>" + _table([
+                ("clusters (2+ faces)", c["clusters"]), ("faces in them", c["faces_in_clusters"]),
+                ("singleton faces", c["singletons"]), ("threshold", c["threshold"])]) + "</div>")  # fmt: skip
+        d = s.get("dedup")
+        if d:
+            parts.append("<div><h3>Duplicates (dedup)</h3>" + _table([
+                ("byte-identical groups", d["byte_identical_groups"]),
+                ("extra byte-identical files", d["byte_identical_extra_files"]),
+                ("near-duplicate groups", d["near_duplicate_groups"]),
+                ("photos in them", d["near_duplicate_photos"])]) + "</div>")  # fmt: skip
+        r = s.get("refine")
+        if r:
+            rows = [("faces", r["faces"]), ("initial clusters", r["clusters_initial"]),
+                    ("after centroid merge", r["after_merge"])]  # fmt: skip
+            rows += [(f"rejected: {gate_label(k, r['settings'])}", v) for k, v in r["rejected"].items()]
+            rows.append(("face sets", r["facesets"]))
+            parts.append("<div><h3>Refine: the funnel and its gates</h3>" + _table(rows) + "</div>")
+        x = s.get("export")
+        if x:
+            rows = [("face sets", x["facesets"]), ("crops", x["crops"]), ("candidates", x["candidates"])]
+            rows += [(f"rejected: {gate_label(k, x['settings'])}", v) for k, v in x["rejected"].items()]
+            parts.append("<div><h3>Export (swap-ready)</h3>" + _table(rows) + "</div>")
+        parts.append("</div>")
+        if x and x["per_faceset"]:
+            head = "<tr><th>face set</th><th>faces</th><th>photos</th><th>crops</th><th>median score</th></tr>"
+            body = "".join(
+                f"<tr><td>{html.escape(str(f['name']))}</td><td class='n'>{_fmt(f['faces'])}</td>"
+                f"<td class='n'>{_fmt(f['unique_images'])}</td><td class='n'>{_fmt(f['crops'])}</td>"
+                f"<td class='n'>{_fmt(f['median_score'])}</td></tr>"
+                for f in x["per_faceset"]
+            )
+            parts.append(f"<h3>Face sets</h3><table>{head}{body}</table>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def run_stats(sources: Sequence[SourceFiles], out_html: Path, out_json: Path | None = None) -> list[dict]:
+    """Write the statistics page (and the numbers as JSON); returns the numbers."""
+    stats = [source_stats(s) for s in sources]
+    write_text(out_html, render_stats_html(stats))
+    if out_json is not None:
+        write_text(out_json, json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    return stats

@@ -1,0 +1,19 @@
+# dedup: listing + face table -> byte-identical and visual near-duplicate groups
+# Per-photo hashes are cached under {WORK}/cache/dedup (not an output): a rerun hashes new photos only.
+rule dedup:
+    input:
+        faces=f"{WORK}/sources/{{source}}/faces.parquet",
+        listing=f"{WORK}/sources/{{source}}/listing.parquet",
+    output:
+        duplicates=f"{WORK}/sources/{{source}}/duplicates.json",
+    params:
+        settings=lambda w: json.dumps({k: v for k, v in src(w).settings["dedup"].items() if k != "workers"}, sort_keys=True),
+        cache=f"{WORK}/cache/dedup",
+    threads: lambda w: src(w).settings["dedup"]["workers"] or workflow.cores
+    log:
+        f"{WORK}/logs/dedup/{{source}}.log",
+    conda:
+        "../envs/facesets.yaml"
+    shell:
+        "facesets dedup {input.faces:q} --out {output.duplicates:q} --listing {input.listing:q}"
+        " --cache-dir {params.cache:q} --dedup-settings {params.settings:q} --workers {threads} 2> {log:q}"
