@@ -1,0 +1,251 @@
+"""Single-face square crops for face-swap bundles.
+
+A crop is the face box's centre, a square of side ``max(w, h) · (1 + 2 · pad_ratio)`` in
+original (oriented) pixels, resized to ``out_size``; parts outside the photo are black (as
+roop letterboxes). With the defaults (pad 0.5, 512 px) the face fills about half the crop,
+which detects reliably.
+
+roop adds *every* face it detects in a PNG to the set, so a crop must hold exactly one
+detectable face. ``single_face_crop`` makes sure of it:
+
+1. Other faces of the photo (the face table's other detections) that reach into the padded
+   square are dealt with first: if a padding at least halfway between ``min_pad_ratio`` and
+   ``pad_ratio`` leaves them out, the crop is simply tighter ("shrunk"); otherwise they are
+   masked at the full padding: their box, grown by ``mask_margin``, is filled with its mean
+   colour, never touching the target's own box (the tighter clean crop is the next try).
+2. The PNG is encoded, decoded again the way roop does (OpenCV, 8-bit, 3 channels) and run
+   through the detector (the caller passes the backend's detector at roop's settings, 640 px,
+   threshold 0.5). Extra faces it finds are masked too and the check repeats (a few rounds).
+3. If the target is lost or extras remain, the next smaller padding is tried; when nothing
+   works the crop is refused with the reason (``bystander`` or ``no_face``).
+
+Everything here is a pure function of its inputs (no state, no I/O besides the codec).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from facesets.analyzers.base import Detection
+
+Detector = Callable[[np.ndarray], list[Detection]]  # RGB uint8 -> detections in its pixels
+MATCH_IOU = 0.3  # a re-detected face is the target when its box overlaps the expected one this much
+
+
+@dataclass(frozen=True)
+class CropOptions:
+    pad_ratio: float = 0.5
+    out_size: int = 512
+    min_pad_ratio: float = 0.15  # never tighter than this when shrinking around bystanders
+    pad_steps: int = 3  # paddings tried between pad_ratio and min_pad_ratio when masking fails
+    mask_margin: float = 0.15  # a bystander's box grows by this fraction per side before masking
+    max_rounds: int = 3  # re-detect / mask rounds per padding
+
+
+@dataclass(frozen=True)
+class SquareBox:
+    """A square region in original pixels (may extend past the photo)."""
+
+    x0: float
+    y0: float
+    side: float
+
+    @property
+    def xyxy(self) -> np.ndarray:
+        return np.array([self.x0, self.y0, self.x0 + self.side, self.y0 + self.side], np.float64)
+
+
+@dataclass(frozen=True)
+class CropResult:
+    png: bytes | None  # None when refused
+    pad_ratio: float  # the padding used (or last tried)
+    mode: str  # clean | shrunk | masked | refused
+    masked: int  # faces masked
+    reason: str | None = None  # why refused: bystander | no_face
+
+
+def square_box(bbox: Sequence[float], pad_ratio: float) -> SquareBox:
+    """The padded square around a face box, centred on it."""
+    x1, y1, x2, y2 = map(float, bbox)
+    side = max(x2 - x1, y2 - y1) * (1.0 + 2.0 * pad_ratio)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    return SquareBox(cx - side / 2, cy - side / 2, side)
+
+
+def to_crop_coords(bbox: Sequence[float], box: SquareBox, out_size: int) -> np.ndarray:
+    """A box in original pixels -> in the crop's pixels."""
+    k = out_size / box.side
+    b = np.asarray(bbox, np.float64)
+    return np.array([(b[0] - box.x0) * k, (b[1] - box.y0) * k, (b[2] - box.x0) * k, (b[3] - box.y0) * k])
+
+
+def overlap_fraction(bbox: Sequence[float], region: Sequence[float]) -> float:
+    """Fraction of ``bbox``'s area inside ``region`` (both x1, y1, x2, y2)."""
+    b = np.asarray(bbox, np.float64)
+    r = np.asarray(region, np.float64)
+    w = max(0.0, min(b[2], r[2]) - max(b[0], r[0]))
+    h = max(0.0, min(b[3], r[3]) - max(b[1], r[1]))
+    area = max((b[2] - b[0]) * (b[3] - b[1]), 1e-9)
+    return w * h / area
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / max(union, 1e-9)
+
+
+def clean_pad_ratio(
+    target: Sequence[float], others: Sequence[Sequence[float]], pad_ratio: float, min_pad_ratio: float
+) -> float | None:
+    """The largest padding in [min_pad_ratio, pad_ratio] whose square no other face box enters.
+
+    A square of side s centred at (cx, cy) misses a box when the box lies wholly beyond one of
+    its edges, i.e. s <= 2·max(ox1 − cx, cx − ox2, oy1 − cy, cy − oy2). None when even
+    ``min_pad_ratio`` lets one in.
+    """
+    x1, y1, x2, y2 = map(float, target)
+    cx, cy, size = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1)
+    best = pad_ratio
+    for o in others:
+        ox1, oy1, ox2, oy2 = map(float, o)
+        s_max = 2.0 * max(ox1 - cx, cx - ox2, oy1 - cy, cy - oy2) * 0.99  # 1% clearance
+        best = min(best, (s_max / size - 1.0) / 2.0)
+    return best if best >= min_pad_ratio else None
+
+
+def decode_long_side(img_w: int, img_h: int, box: SquareBox, out_size: int) -> int | None:
+    """The smallest long side of a decoded copy that still gives the crop ``out_size`` pixels.
+
+    None = decode at full size (the crop is upscaled anyway).
+    """
+    need = math.ceil(max(img_w, img_h) * out_size / box.side)
+    return None if need >= max(img_w, img_h) else need
+
+
+def render_crop(rgb: np.ndarray, scale: float, box: SquareBox, out_size: int) -> np.ndarray:
+    """Cut ``box`` (original pixels) out of a decoded copy (``scale`` original px per decoded px).
+
+    Parts outside the photo are black; the square is resized to ``out_size`` (area
+    interpolation down, cubic up).
+    """
+    h, w = rgb.shape[:2]
+    ix0 = round(box.x0 / scale)
+    iy0 = round(box.y0 / scale)
+    side = max(1, round(box.side / scale))
+    canvas = np.zeros((side, side, 3), np.uint8)
+    sx0, sy0 = max(ix0, 0), max(iy0, 0)
+    sx1, sy1 = min(ix0 + side, w), min(iy0 + side, h)
+    if sx1 > sx0 and sy1 > sy0:
+        canvas[sy0 - iy0 : sy1 - iy0, sx0 - ix0 : sx1 - ix0] = rgb[sy0:sy1, sx0:sx1]
+    if side == out_size:
+        return canvas
+    interp = cv2.INTER_AREA if side > out_size else cv2.INTER_CUBIC
+    return cv2.resize(canvas, (out_size, out_size), interpolation=interp)
+
+
+def mask_faces(
+    img: np.ndarray, boxes: Sequence[Sequence[float]], keep: Sequence[float] | None, margin: float
+) -> np.ndarray:
+    """Fill each box (grown by ``margin`` per side) with its mean colour; pixels of ``keep`` stay."""
+    out = img.copy()
+    h, w = img.shape[:2]
+    keep_mask = np.zeros((h, w), bool)
+    if keep is not None:
+        k = np.clip(np.round(np.asarray(keep, np.float64)), 0, [w, h, w, h]).astype(int)
+        keep_mask[k[1] : k[3], k[0] : k[2]] = True
+    for b in boxes:
+        x1, y1, x2, y2 = map(float, b)
+        mx, my = (x2 - x1) * margin, (y2 - y1) * margin
+        g = np.clip(np.round([x1 - mx, y1 - my, x2 + mx, y2 + my]), 0, [w, h, w, h]).astype(int)
+        if g[2] <= g[0] or g[3] <= g[1]:
+            continue
+        region = np.zeros((h, w), bool)
+        region[g[1] : g[3], g[0] : g[2]] = True
+        region &= ~keep_mask
+        if region.any():
+            out[region] = img[region].reshape(-1, 3).mean(0).round().astype(np.uint8)
+    return out
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """8-bit, 3-channel PNG (OpenCV's encoder: deterministic bytes for the same pixels)."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """Decode as roop does (cv2, 8-bit 3-channel BGR), returned as RGB."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("cannot decode PNG")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def pad_schedule(pad_ratio: float, clean: float | None, opts: CropOptions) -> list[tuple[float, bool]]:
+    """(padding, mask known bystanders) pairs to try, in order."""
+    lo = min(opts.min_pad_ratio, pad_ratio)
+    if clean is not None and clean >= pad_ratio:
+        plans = [(pad_ratio, False)]
+    elif clean is not None and clean >= (pad_ratio + lo) / 2:
+        plans = [(clean, False), (pad_ratio, True)]  # a little tighter beats a masked patch
+    else:
+        plans = [(pad_ratio, True)] + ([(clean, False)] if clean is not None else [])
+    for i in range(1, opts.pad_steps + 1):
+        p = pad_ratio - (pad_ratio - lo) * i / opts.pad_steps
+        plans.append((round(p, 4), True))
+    seen: set[tuple[float, bool]] = set()
+    return [p for p in plans if not (p in seen or seen.add(p))]
+
+
+def single_face_crop(
+    rgb: np.ndarray,
+    scale: float,
+    target: Sequence[float],
+    others: Sequence[Sequence[float]],
+    detect: Detector,
+    opts: CropOptions = CropOptions(),
+) -> CropResult:
+    """A crop of ``target`` (box in original pixels) verified to hold exactly one detectable face.
+
+    ``rgb`` is a decoded copy of the photo (``scale`` original px per decoded px); ``others``
+    are the photo's other face boxes; ``detect`` re-detects in the encoded-then-decoded PNG.
+    """
+    clean = clean_pad_ratio(target, others, opts.pad_ratio, min(opts.min_pad_ratio, opts.pad_ratio))
+    saw_target_with_extras = False
+    last_pad = opts.pad_ratio
+    for pad, use_masks in pad_schedule(opts.pad_ratio, clean, opts):
+        last_pad = pad
+        box = square_box(target, pad)
+        img = render_crop(rgb, scale, box, opts.out_size)
+        tgt = to_crop_coords(target, box, opts.out_size)
+        region = np.array([0, 0, opts.out_size, opts.out_size], np.float64)
+        masks = [to_crop_coords(o, box, opts.out_size) for o in others] if use_masks else []
+        masks = [m for m in masks if overlap_fraction(m, region) > 0]
+        for _ in range(opts.max_rounds):
+            work = mask_faces(img, masks, tgt, opts.mask_margin) if masks else img
+            png = encode_png(work)
+            dets = detect(decode_png(png))
+            hits = [d for d in dets if iou(d.bbox, tgt) >= MATCH_IOU]
+            if len(dets) == 1 and hits:
+                mode = "masked" if masks else ("clean" if pad >= opts.pad_ratio else "shrunk")
+                return CropResult(png, pad, mode, len(masks))
+            if not hits:
+                break  # the target itself is not found at this padding
+            saw_target_with_extras = True
+            extras = [d.bbox for d in dets if iou(d.bbox, tgt) < MATCH_IOU]
+            if not extras:
+                break  # the target detected twice: masking cannot help, try another padding
+            masks = masks + extras
+    return CropResult(None, last_pad, "refused", 0, "bystander" if saw_target_with_extras else "no_face")

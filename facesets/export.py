@@ -1,0 +1,763 @@
+"""The ``export-swap`` stage: proposed face sets -> swap-ready crops and roop-unleashed bundles.
+
+Per face set (an entry of a ``refine_manifest.json``, whatever produced it), in order:
+
+1. tight outlier gate: faces farther than ``outlier_tight`` (profile: 0.45 buffalo_l, 0.42
+   SFace) from the set's centroid are left out (roop averages every face: one stranger moves
+   the identity);
+2. ``min_face_short`` (100 px): smaller faces would be upscaled into blur;
+3. composite quality score (docs/quality.md): 0.30·frontality + 0.20·det_score +
+   0.20·symmetry + 0.15·face_size + 0.15·sharpness, each normalised to [0, 1];
+4. visual-duplicate collapse: one face per near-duplicate group (dedup's
+   ``duplicates.json``; the same photo resized, recompressed or lightly cropped), the best
+   scored whose crop passes;
+5. a single-face square crop of each (``facesets/crops.py``), re-detected in the written PNG
+   with the backend's detector at roop's settings; a crop that cannot be made single-face is
+   dropped and counted;
+6. ``crops/0.png, 1.png, …`` in score order, ``<name>_top30.fsz`` and ``<name>_all.fsz``
+   (``facesets/fsz.py``), ``manifest.json`` per set; a top-level ``manifest.json`` with the
+   responsible-use note.
+
+``--candidates``: singletons of the raw clusters close to a set (``candidate_distance``,
+profile ``cluster``: 0.55 buffalo_l) with a composite score of at least 0.40 are cropped the
+same way into ``_candidates/<set>/`` for a person to review.
+
+Crops are cached by content (photo, box, other boxes, crop settings, detector) under a crop
+cache folder, so a re-run after new photos only crops new faces; the cache is not an output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from facesets import imageio, thresholds
+from facesets.atomic import write_bytes, write_json
+from facesets.clustering import normalize
+from facesets.crops import CropOptions, CropResult, Detector, decode_long_side, single_face_crop, square_box
+from facesets.fsz import write_fsz_from_files
+from facesets.refine import align_quality, load_quality, read_faces, remove_stale_temps, replace_dir
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+CANDIDATES_DIR = "_candidates"
+CROP_VERSION = 1  # bump when crops.py changes what a crop looks like: the crop cache is keyed by it
+RESPONSIBLE_USE = (
+    "Build face sets only of people who agreed to it. "
+    "Swapping a real person's face without their consent can be unlawful."
+)
+COMPONENTS = ("frontality", "det_score", "symmetry", "face_size", "sharpness")
+REJECTIONS = ("outlier_tight", "min_face_short", "duplicate", "bystander_unfixable", "crop_no_face", "unreadable")
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    outlier_tight: float
+    candidate_distance: float
+    min_face_short: float = 100.0
+    pad_ratio: float = 0.5
+    min_pad_ratio: float = 0.15
+    out_size: int = 512
+    top_n: int = 30
+    candidates: bool = True
+    candidate_min_score: float = 0.40
+    weights: Mapping[str, float] = field(
+        default_factory=lambda: {"frontality": 0.30, "det_score": 0.20, "symmetry": 0.20, "face_size": 0.15, "sharpness": 0.15}
+    )
+    redetect_size: int = 640
+    redetect_thresh: float = 0.5
+    workers: int = 1
+
+    @property
+    def crop(self) -> CropOptions:
+        return CropOptions(pad_ratio=self.pad_ratio, out_size=self.out_size, min_pad_ratio=self.min_pad_ratio)
+
+    def settings(self) -> dict[str, Any]:
+        s = asdict(self)
+        s["weights"] = dict(self.weights)
+        s.pop("workers")  # how fast, not what
+        return s
+
+
+def section_defaults(settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    from facesets.config import load_schema, validate
+
+    return validate(dict(settings or {}), load_schema("config")["properties"]["export"], "export settings")
+
+
+def resolve_options(settings: Mapping[str, Any] | None, th: thresholds.ModelThresholds) -> ExportOptions:
+    """Options from an ``export`` section (defaults filled); null distances from the model profile."""
+    s = section_defaults(settings)
+    weights = {k: float(s["weights"][k]) for k in COMPONENTS}
+    if not math.isclose(sum(weights.values()), 1.0, abs_tol=1e-6):
+        raise ValueError(f"export.weights must sum to 1 (got {sum(weights.values()):.4f}: {weights})")
+    return ExportOptions(
+        outlier_tight=float(s["outlier_tight"]) if s["outlier_tight"] is not None else th.outlier_tight,
+        candidate_distance=float(s["candidate_distance"]) if s["candidate_distance"] is not None else th.cluster,
+        min_face_short=float(s["min_face_short"]),
+        pad_ratio=float(s["pad_ratio"]),
+        min_pad_ratio=float(s["min_pad_ratio"]),
+        out_size=int(s["out_size"]),
+        top_n=int(s["top_n"]),
+        candidates=bool(s["candidates"]),
+        candidate_min_score=float(s["candidate_min_score"]),
+        weights=weights,
+        redetect_size=int(s["redetect_size"]),
+        redetect_thresh=float(s["redetect_thresh"]),
+        workers=int(s["workers"]) or (os.cpu_count() or 1),
+    )
+
+
+# --------------------------------------------------------------------------- quality score
+
+
+@dataclass(frozen=True)
+class Norms:
+    """How each raw quality measure maps to [0, 1] (docs/quality.md)."""
+
+    max_angle: float = 90.0  # degrees of head turn (hypot of yaw and pitch) at which frontality is 0
+    det_floor: float = 0.5  # detector score at which det_score is 0 (roop's detection threshold)
+    full_face: float = 256.0  # face short edge (px) at which face_size is 1: no upscaling into the crop
+    blur_lo: float = 30.0  # Laplacian variance at which sharpness is 0 ...
+    blur_hi: float = 3000.0  # ... and 1 (log scale in between)
+    neutral: float = 0.5  # a component that cannot be measured (no quality table)
+
+
+def norms_for(opts: ExportOptions) -> Norms:
+    return Norms(full_face=opts.out_size / (1.0 + 2.0 * opts.pad_ratio))
+
+
+def kps_yaw(kps: np.ndarray) -> np.ndarray:
+    """A rough yaw (degrees) from 5 keypoints, for faces without a pose.
+
+    The nose tip's offset from the eyes' midpoint, in half eye distances, is about
+    0.94·tan(yaw) for an average face (nose tip ~30 mm in front of the eyes, eyes ~64 mm apart).
+    """
+    k = np.asarray(kps, np.float64).reshape(-1, 5, 2)
+    mid = (k[:, 0, 0] + k[:, 1, 0]) / 2
+    half = np.maximum(np.abs(k[:, 1, 0] - k[:, 0, 0]) / 2, 1e-6)
+    return np.degrees(np.arctan(((k[:, 2, 0] - mid) / half) / 0.94))
+
+
+def frontality(yaw: np.ndarray, pitch: np.ndarray, norms: Norms) -> np.ndarray:
+    """1 for a face looking into the camera, 0 at ``max_angle`` of combined turn (roll is free)."""
+    pitch = np.nan_to_num(np.asarray(pitch, np.float64), nan=0.0)
+    angle = np.hypot(np.asarray(yaw, np.float64), pitch)
+    return np.clip(1.0 - angle / norms.max_angle, 0.0, 1.0)
+
+
+def det_component(det: np.ndarray, norms: Norms) -> np.ndarray:
+    return np.clip((np.asarray(det, np.float64) - norms.det_floor) / (1.0 - norms.det_floor), 0.0, 1.0)
+
+
+def size_component(short: np.ndarray, norms: Norms) -> np.ndarray:
+    return np.clip(np.asarray(short, np.float64) / norms.full_face, 0.0, 1.0)
+
+
+def sharpness_component(blur: np.ndarray, norms: Norms) -> np.ndarray:
+    b = np.maximum(np.asarray(blur, np.float64), 1e-9)
+    return np.clip(np.log(b / norms.blur_lo) / np.log(norms.blur_hi / norms.blur_lo), 0.0, 1.0)
+
+
+def quality_components(faces: pd.DataFrame, quality: pd.DataFrame, norms: Norms) -> pd.DataFrame:
+    """The five components per face (rows as ``faces``); unmeasurable ones are ``norms.neutral``."""
+
+    def col(name: str) -> np.ndarray:
+        return quality[name].to_numpy(np.float64) if name in quality.columns else np.full(len(quality), np.nan)
+
+    yaw, pitch = col("yaw"), col("pitch")
+    if len(faces):
+        fallback = kps_yaw(np.stack(faces["kps"].to_numpy()))
+        no_pose = np.isnan(yaw)
+        yaw = np.where(no_pose, fallback, yaw)
+        pitch = np.where(no_pose, 0.0, pitch)
+    out = pd.DataFrame(
+        {
+            "frontality": frontality(yaw, pitch, norms),
+            "det_score": det_component(col("det_score"), norms),
+            "symmetry": np.clip(col("symmetry"), 0.0, 1.0),
+            "face_size": size_component(col("face_short"), norms),
+            "sharpness": sharpness_component(col("blur"), norms),
+        },
+        index=faces["face_key"].to_numpy(),
+    )
+    unknown = np.isnan(np.column_stack([col("symmetry"), col("blur"), col("det_score"), col("face_short")]))
+    for i, name in enumerate(("symmetry", "sharpness", "det_score", "face_size")):
+        out.loc[unknown[:, i], name] = norms.neutral
+    return out
+
+
+def composite_score(components: pd.DataFrame, weights: Mapping[str, float]) -> np.ndarray:
+    return sum(float(weights[k]) * components[k].to_numpy(np.float64) for k in COMPONENTS)
+
+
+# --------------------------------------------------------------------------- the detector check
+
+
+def make_detector(
+    backend: str,
+    embed_settings: Mapping[str, Any] | None,
+    opts: ExportOptions,
+    model_dir: Path | None,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> tuple[Detector, str]:
+    """The backend's detector at roop's settings (``redetect_size``, ``redetect_thresh``) and its id."""
+    from facesets.analyzers import create_analyzer
+    from facesets.config import load_schema, validate
+
+    s = dict(embed_settings or {})
+    s["det_size"] = opts.redetect_size
+    s[backend] = {**dict(s.get(backend, {})), "det_thresh": opts.redetect_thresh}
+    s = validate(s, load_schema("config")["properties"]["embed"], "export re-detection settings")
+    analyzer = create_analyzer(backend, s, providers=providers, model_dir=model_dir)
+    return analyzer.detect, analyzer.model_id
+
+
+def backend_of(model_id: str) -> str:
+    if model_id.startswith("opencv"):
+        return "opencv"
+    if model_id.startswith("insightface"):
+        return "insightface"
+    raise ValueError(f"cannot tell the backend of model {model_id!r}; pass --backend")
+
+
+# --------------------------------------------------------------------------- cropping
+
+
+@dataclass(frozen=True)
+class CropJob:
+    face_key: str
+    sha256: str
+    paths: tuple[str, ...]  # canonical first, then aliases
+    img_w: int
+    img_h: int
+    bbox: tuple[float, ...]
+    others: tuple[tuple[float, ...], ...]  # the photo's other face boxes
+
+    def cache_key(self, opts: CropOptions, detector_id: str) -> str:
+        blob = json.dumps(
+            [CROP_VERSION, self.sha256, self.bbox, sorted(self.others), asdict(opts), detector_id], sort_keys=True
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _box(row: Any) -> tuple[float, ...]:
+    return tuple(round(float(v), 2) for v in (row.x1, row.y1, row.x2, row.y2))
+
+
+def crop_jobs(faces: pd.DataFrame, keys: Sequence[str]) -> dict[str, CropJob]:
+    """Jobs for these face keys; every other face of the same photo is a possible bystander."""
+    wanted = faces[faces["face_key"].isin(list(keys))]
+    photos = faces[faces["sha256"].isin(wanted["sha256"].unique())]
+    boxes: dict[str, list[tuple[str, tuple[float, ...]]]] = {}
+    for r in photos.itertuples(index=False):
+        boxes.setdefault(r.sha256, []).append((r.face_key, _box(r)))
+    jobs = {}
+    for r in wanted.itertuples(index=False):
+        aliases = tuple(r.aliases) if r.aliases is not None else ()
+        jobs[r.face_key] = CropJob(
+            r.face_key,
+            r.sha256,
+            (r.path, *aliases),
+            int(r.img_width),
+            int(r.img_height),
+            _box(r),
+            tuple(b for k, b in boxes[r.sha256] if k != r.face_key),
+        )
+    return jobs
+
+
+@dataclass(frozen=True)
+class CropMeta:
+    """What became of one crop (the PNG itself stays on disk, in the crop cache)."""
+
+    ok: bool
+    mode: str  # clean | shrunk | masked | refused
+    pad_ratio: float
+    masked: int
+    reason: str | None = None  # bystander | no_face | unreadable when refused
+
+    @staticmethod
+    def of(res: CropResult) -> CropMeta:
+        return CropMeta(res.png is not None, res.mode, round(float(res.pad_ratio), 4), res.masked, res.reason)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "pad_ratio": self.pad_ratio, "masked": self.masked}
+
+
+class CropCache:
+    """Finished crops (``<key>.png``) and their outcome (``<key>.json``, refusals too) by content key.
+
+    A folder of immutable files written atomically (the JSON last, so a PNG without its JSON is
+    an unfinished entry and is made again).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.dir = Path(folder)
+
+    def _path(self, key: str, ext: str) -> Path:
+        return self.dir / key[:2] / f"{key}.{ext}"
+
+    def get(self, key: str) -> CropMeta | None:
+        try:
+            meta = json.loads(self._path(key, "json").read_text(encoding="utf-8"))
+            found = CropMeta(**meta)
+        except (OSError, ValueError, TypeError):
+            return None
+        return found if (not found.ok or self._path(key, "png").exists()) else None
+
+    def put(self, key: str, res: CropResult) -> CropMeta:
+        meta = CropMeta.of(res)
+        if res.png is not None:
+            write_bytes(self._path(key, "png"), res.png)
+        write_json(self._path(key, "json"), asdict(meta))
+        return meta
+
+    def png_path(self, key: str) -> Path:
+        return self._path(key, "png")
+
+
+def _decode_for(job: CropJob, crop: CropOptions) -> imageio.Decoded:
+    box = square_box(job.bbox, min(crop.min_pad_ratio, crop.pad_ratio))
+    target = decode_long_side(job.img_w, job.img_h, box, crop.out_size)
+    last: Exception | None = None
+    for p in job.paths:  # an alias serves when the canonical file is gone
+        try:
+            return imageio.decode(p, target_long_side=target)
+        except (OSError, imageio.ImageLoadError) as exc:
+            last = exc
+    raise imageio.ImageLoadError(f"{job.paths[0]}: {last}")
+
+
+def make_crop(job: CropJob, detect: Detector, crop: CropOptions) -> CropResult:
+    """One verified single-face crop (or a refusal); ``unreadable`` when the photo cannot be read."""
+    try:
+        dec = _decode_for(job, crop)
+    except imageio.ImageLoadError as exc:
+        log.warning("export: cannot read %s: %s", job.paths[0], exc)
+        return CropResult(None, crop.pad_ratio, "refused", 0, "unreadable")
+    return single_face_crop(dec.rgb, dec.scale, job.bbox, job.others, detect, crop)
+
+
+@dataclass
+class Cropper:
+    """Makes crops in a thread pool, through the cache; results land in ``cache``."""
+
+    detect: Detector
+    detector_id: str
+    crop: CropOptions
+    cache: CropCache
+    workers: int = 1
+    made: int = 0
+    reused: int = 0
+
+    def run(self, jobs: Sequence[CropJob]) -> dict[str, CropMeta]:
+        out: dict[str, CropMeta] = {}
+        todo = []
+        for job in jobs:
+            hit = self.cache.get(job.cache_key(self.crop, self.detector_id))
+            if hit is not None:
+                out[job.face_key] = hit
+                self.reused += 1
+            else:
+                todo.append(job)
+
+        def one(job: CropJob) -> tuple[str, CropMeta]:
+            res = make_crop(job, self.detect, self.crop)
+            if res.reason == "unreadable":  # the photo may come back: do not remember that
+                return job.face_key, CropMeta.of(res)
+            return job.face_key, self.cache.put(job.cache_key(self.crop, self.detector_id), res)
+
+        with ThreadPoolExecutor(max(1, self.workers)) as pool:
+            for i, (key, meta) in enumerate(pool.map(one, todo), 1):
+                out[key] = meta
+                if i % 200 == 0:
+                    log.info("export: %d/%d crops made", i, len(todo))
+        self.made += len(todo)
+        return out
+
+    def png(self, job: CropJob) -> Path:
+        return self.cache.png_path(job.cache_key(self.crop, self.detector_id))
+
+
+# --------------------------------------------------------------------------- face sets
+
+
+REASON_OF_REFUSAL = {"bystander": "bystander_unfixable", "no_face": "crop_no_face", "unreadable": "unreadable"}
+
+
+def safe_name(name: str) -> str:
+    """An ASCII file-name-safe set name (faceset_001 stays as it is)."""
+    from facesets.library import safe_label
+
+    return safe_label(name)
+
+
+@dataclass
+class Scored:
+    """Per face (indexed by face_key): embedding, quality components, score, face_short."""
+
+    emb: pd.Series
+    components: pd.DataFrame
+    score: pd.Series
+    short: pd.Series
+
+
+def score_faces(faces: pd.DataFrame, quality: pd.DataFrame | None, opts: ExportOptions) -> Scored:
+    q = align_quality(faces, quality)
+    comps = quality_components(faces, q, norms_for(opts))
+    keys = faces["face_key"].to_numpy()
+    return Scored(
+        emb=pd.Series(list(normalize(np.stack(faces["embedding"].to_numpy()))) if len(faces) else [], index=keys),
+        components=comps,
+        score=pd.Series(composite_score(comps, opts.weights) if len(faces) else [], index=keys, dtype=np.float64),
+        short=pd.Series(q["face_short"].to_numpy(np.float64), index=keys),
+    )
+
+
+def _r(v: float, n: int = 4) -> float:
+    return round(float(v), n)
+
+
+def select_crops(
+    entries: Sequence[Mapping[str, Any]],
+    faces: pd.DataFrame,
+    scored: Scored,
+    groups: Mapping[str, str],
+    opts: ExportOptions,
+    cropper: Cropper,
+) -> tuple[list[list[str]], list[dict[str, str]], dict[str, CropMeta]]:
+    """Per entry: the exported face keys (score order) and every member's outcome; the crops made."""
+    jobs_all = crop_jobs(faces, [m["face_key"] for e in entries for m in e["members"]])
+    crop_meta: dict[str, CropMeta] = {}
+    outcome: list[dict[str, str]] = []
+    queues: dict[tuple[int, str], list[str]] = {}
+    for i, e in enumerate(entries):
+        keys = [m["face_key"] for m in e["members"]]
+        missing = [k for k in keys if k not in scored.score.index]
+        if missing:
+            raise ValueError(f"face set {e['name']}: {len(missing)} member(s) not in the face table (e.g. {missing[0]})")
+        emb = np.stack(scored.emb.loc[keys].to_numpy()) if keys else np.zeros((0, 1))
+        c = np.asarray(e["centroid"], np.float64) if e.get("centroid") else emb.sum(0)
+        c = normalize(c[None])[0]
+        dist = 1.0 - emb @ c if keys else np.zeros(0)
+        res: dict[str, str] = {}
+        alive = []
+        for k, d in zip(keys, dist, strict=True):
+            if d > opts.outlier_tight:
+                res[k] = "outlier_tight"
+            elif not scored.short[k] >= opts.min_face_short:
+                res[k] = "min_face_short"
+            else:
+                alive.append(k)
+        alive.sort(key=lambda k: (-scored.score[k], k))
+        for k in alive:
+            sha = jobs_all[k].sha256
+            queues.setdefault((i, groups.get(sha, sha)), []).append(k)
+        outcome.append(res)
+    # rounds: the best untried face of every unresolved group; the next one only if it fails
+    while queues:
+        heads = {g: q.pop(0) for g, q in queues.items()}
+        results = cropper.run([jobs_all[k] for k in heads.values()])
+        for g, k in heads.items():
+            r = results[k]
+            crop_meta[k] = r
+            if r.ok:
+                outcome[g[0]][k] = "exported"
+                for rest in queues[g]:
+                    outcome[g[0]][rest] = "duplicate"
+                queues[g] = []
+            else:
+                outcome[g[0]][k] = REASON_OF_REFUSAL[r.reason or "no_face"]
+        queues = {g: q for g, q in queues.items() if q}
+    chosen = [
+        sorted((k for k, o in res.items() if o == "exported"), key=lambda k: (-scored.score[k], k)) for res in outcome
+    ]
+    return chosen, outcome, crop_meta
+
+
+def export_facesets(
+    entries: Sequence[Mapping[str, Any]],
+    faces: pd.DataFrame,
+    quality: pd.DataFrame | None,
+    groups: Mapping[str, str],
+    out_dir: Path,
+    settings: Mapping[str, Any] | None,
+    detector: Detector,
+    detector_id: str = "",
+    crop_cache: Path | None = None,
+    source: str = "",
+) -> dict[str, Any]:
+    """Crops, bundles and per-set manifests of these face-set entries into ``out_dir`` (not swapped:
+    the caller owns the folder). Returns the manifest (without candidates); writes no top-level file.
+
+    ``entries``: refine_manifest "facesets" items (extra fields such as kind/label/route_to/marker
+    are copied through; ``marker`` names a provenance file written into the set's folder).
+    ``groups``: image sha256 -> near-duplicate group id (``facesets.dedup.image_groups``).
+    ``detector``: the re-detection check (``make_detector``); ``detector_id`` keys the crop cache.
+    """
+    model_ids = sorted(set(faces["model_id"])) if len(faces) else []
+    th = thresholds.for_model(model_ids[0]) if model_ids else thresholds.ARCFACE
+    opts = resolve_options(settings, th)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [safe_name(e["name"]) for e in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(f"face set names collide after making them file-name safe: {sorted(names)}")
+    scored = score_faces(faces, quality, opts)
+    with tempfile.TemporaryDirectory(prefix=".tmp-crops.", dir=out_dir) as scratch:
+        cropper = Cropper(detector, detector_id, opts.crop, CropCache(Path(crop_cache or scratch)), opts.workers)
+        chosen, outcome, crop_meta = select_crops(entries, faces, scored, groups, opts, cropper)
+        jobs = crop_jobs(faces, [k for c in chosen for k in c])
+        paths = dict(zip(faces["face_key"], faces["path"], strict=True))
+        out_entries, empty = [], []
+        rejected = dict.fromkeys(REJECTIONS, 0)
+        for e, name, keys, res in zip(entries, names, chosen, outcome, strict=True):
+            for o in res.values():
+                if o != "exported":
+                    rejected[o] += 1
+            if not keys:
+                empty.append(name)
+                continue
+            out_entries.append(
+                _write_set(e, name, keys, res, jobs, crop_meta, scored, paths, cropper, opts, out_dir, source)
+            )
+    n_crops = sum(len(e["crops"]) for e in out_entries)
+    log.info(
+        "export: %d face sets, %d crops (%d made, %d from the cache); rejected %s; empty sets %s",
+        len(out_entries),
+        n_crops,
+        cropper.made,
+        cropper.reused,
+        rejected,
+        empty,
+    )
+    return {
+        "version": 1,
+        "model_id": model_ids[0] if model_ids else "",
+        "responsible_use": RESPONSIBLE_USE,
+        "settings": {**opts.settings(), "thresholds_profile": th.name, "detector": detector_id},
+        "stats": {"facesets": len(out_entries), "crops": n_crops, "rejected": rejected, "empty_facesets": empty},
+        "facesets": out_entries,
+    }
+
+
+def _write_set(
+    e: Mapping[str, Any],
+    name: str,
+    keys: list[str],
+    outcome: Mapping[str, str],
+    jobs: Mapping[str, CropJob],
+    crop_meta: Mapping[str, CropMeta],
+    scored: Scored,
+    paths: Mapping[str, str],
+    cropper: Cropper,
+    opts: ExportOptions,
+    out_dir: Path,
+    source: str,
+) -> dict[str, Any]:
+    d = out_dir / name
+    (d / "crops").mkdir(parents=True, exist_ok=True)
+    crops, files = [], []
+    for i, k in enumerate(keys):
+        dest = d / "crops" / f"{i}.png"
+        shutil.copyfile(cropper.png(jobs[k]), dest)
+        files.append(dest)
+        crops.append(
+            {
+                "file": f"{name}/crops/{i}.png",
+                "face_key": k,
+                "sha256": jobs[k].sha256,
+                "source_path": paths[k],
+                "bbox": list(jobs[k].bbox),
+                "score": _r(scored.score[k]),
+                "components": {c: _r(scored.components.at[k, c]) for c in COMPONENTS},
+                "crop": crop_meta[k].as_dict(),
+            }
+        )
+    top = f"{name}/{name}_top{opts.top_n}.fsz"
+    full = f"{name}/{name}_all.fsz"
+    write_fsz_from_files(out_dir / top, files[: opts.top_n])
+    write_fsz_from_files(out_dir / full, files)
+    emb = np.stack(scored.emb.loc[keys].to_numpy())
+    counts = {r: sum(1 for o in outcome.values() if o == r) for r in REJECTIONS}
+    entry = {k: v for k, v in e.items() if k not in ("members", "centroid", "faces", "unique_images", "name")}
+    entry.update(
+        {
+            "name": name,
+            "dir": name,
+            "faces": len(keys),
+            "unique_images": len({jobs[k].sha256 for k in keys}),
+            "refine_faces": len(e["members"]),
+            "rejected": counts,
+            "centroid": [round(float(v), 6) for v in normalize(emb.sum(0, keepdims=True))[0]],
+            "bundles": {"top": top, "all": full},
+            "crops": crops,
+        }
+    )
+    if e.get("marker"):
+        line = f"source: {source}; face set: {e['name']}; kind: {e.get('kind', 'discovered')}\n"
+        (d / safe_name(str(e["marker"]))).write_text(line, encoding="utf-8")
+    write_json(d / MANIFEST, entry)
+    return entry
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+def export_candidates(
+    singles: Sequence[str],
+    faces: pd.DataFrame,
+    scored: Scored,
+    sets: Sequence[Mapping[str, Any]],
+    opts: ExportOptions,
+    cropper: Cropper,
+    out_dir: Path,
+) -> list[dict[str, Any]]:
+    """Singletons near an exported set, cropped into ``_candidates/<set>/N.png`` (score order)."""
+    singles = [k for k in singles if k in scored.score.index]
+    if not singles or not sets:
+        return []
+    cents = normalize(np.stack([np.asarray(s["centroid"], np.float64) for s in sets]))
+    emb = np.stack(scored.emb.loc[singles].to_numpy())
+    d = 1.0 - emb @ cents.T
+    near = d.argmin(1)
+    dist = d[np.arange(len(singles)), near]
+    pick = [
+        i
+        for i, k in enumerate(singles)
+        if dist[i] <= opts.candidate_distance
+        and scored.score[k] >= opts.candidate_min_score
+        and scored.short[k] >= opts.min_face_short
+    ]
+    jobs = crop_jobs(faces, [singles[i] for i in pick])
+    results = cropper.run([jobs[singles[i]] for i in pick])
+    per_set: dict[str, list[int]] = {}
+    for i in pick:
+        if results[singles[i]].ok:
+            per_set.setdefault(sets[near[i]]["name"], []).append(i)
+    by_key = faces.set_index("face_key")
+    out = []
+    for name in sorted(per_set):
+        rows = sorted(per_set[name], key=lambda i: (-scored.score[singles[i]], singles[i]))
+        folder = out_dir / CANDIDATES_DIR / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for n, i in enumerate(rows):
+            k = singles[i]
+            shutil.copyfile(cropper.png(jobs[k]), folder / f"{n}.png")
+            out.append(
+                {
+                    "file": f"{CANDIDATES_DIR}/{name}/{n}.png",
+                    "face_key": k,
+                    "sha256": jobs[k].sha256,
+                    "source_path": by_key.at[k, "path"],
+                    "nearest": name,
+                    "distance": _r(dist[i]),
+                    "score": _r(scored.score[k]),
+                    "components": {c: _r(scored.components.at[k, c]) for c in COMPONENTS},
+                    "crop": results[k].as_dict(),
+                }
+            )
+    return out
+
+
+def raw_singletons(raw_manifest: Path) -> list[str]:
+    try:
+        raw = json.loads(Path(raw_manifest).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{raw_manifest}: not a raw clusters manifest from `facesets cluster` ({exc})") from None
+    return sorted(f["face_key"] for f in raw.get("faces", []) if f.get("cluster") == "_singletons")
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def run_export(
+    cache: Path,
+    refine_manifest: Path,
+    out: Path,
+    settings: Mapping[str, Any] | None,
+    detector_factory: Callable[[ExportOptions, str], tuple[Detector, str]],
+    raw_manifest: Path | None = None,
+    candidates: bool | None = None,
+    quality: Path | None = None,
+    duplicates: Path | None = None,
+    crop_cache: Path | None = None,
+) -> dict[str, Any]:
+    """``facesets export-swap CACHE REFINE_MANIFEST OUT``: the whole export folder, swapped in atomically.
+
+    ``detector_factory(opts, model_id)`` builds the re-detection check (``make_detector``).
+    """
+    faces = read_faces(cache)
+    try:
+        ref = json.loads(Path(refine_manifest).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{refine_manifest}: cannot read the refine manifest ({exc})") from None
+    model_id = ref.get("model_id") or (str(faces["model_id"].iloc[0]) if len(faces) else "")
+    th = thresholds.for_model(model_id) if model_id else thresholds.ARCFACE
+    opts = resolve_options(settings, th)
+    want_candidates = opts.candidates if candidates is None else candidates
+    if want_candidates and raw_manifest is None:
+        raise ValueError("--candidates needs --raw-manifest (the raw clusters' manifest.json)")
+    if quality is None:
+        log.warning("export: no quality table given; symmetry and sharpness count as %.1f", Norms.neutral)
+    q = load_quality(quality) if quality is not None else None
+    groups: dict[str, str] = {}
+    if duplicates is not None:
+        from facesets.dedup import image_groups
+
+        try:
+            groups = dict(image_groups(duplicates))
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"{duplicates}: cannot read the duplicates report from `facesets dedup`: {exc}") from None
+    else:
+        log.warning("export: no duplicates report given; near-duplicate photos are not collapsed")
+    detect, detector_id = detector_factory(opts, model_id)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-" + out.name + ".", dir=out.parent))
+    try:
+        manifest = export_facesets(
+            ref.get("facesets", []), faces, q, groups, tmp, settings, detect, detector_id, crop_cache, ref.get("source", "")
+        )
+        cands: list[dict[str, Any]] = []
+        if want_candidates:
+            scored = score_faces(faces, q, opts)
+            members = {m["face_key"] for e in ref.get("facesets", []) for m in e["members"]}
+            singles = [k for k in raw_singletons(raw_manifest) if k not in members]
+            with tempfile.TemporaryDirectory(prefix=".tmp-crops.", dir=tmp) as scratch:
+                cropper = Cropper(detect, detector_id, opts.crop, CropCache(Path(crop_cache or scratch)), opts.workers)
+                cands = export_candidates(singles, faces, scored, manifest["facesets"], opts, cropper, tmp)
+        manifest = {
+            **manifest,
+            "source": ref.get("source", ""),
+            "model_id": model_id,
+            "refine_manifest": str(refine_manifest),
+            "stats": {**manifest["stats"], "candidates": len(cands)},
+            "candidates": cands,
+        }
+        manifest["settings"]["candidates"] = want_candidates
+        write_json(tmp / MANIFEST, manifest)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
