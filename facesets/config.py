@@ -34,6 +34,7 @@ class Source:
     include: tuple[str, ...]
     exclude: tuple[str, ...]
     settings: Mapping[str, Any] = field(repr=False)
+    immich: Mapping[str, Any] | None = field(default=None, repr=False)  # kind immich: the `immich` block
 
 
 @dataclass(frozen=True)
@@ -176,9 +177,14 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
 
 def load_source(path: str, settings: Mapping[str, Any], schema: Mapping[str, Any]) -> Source:
     raw = read_yaml(path)
+    from facesets.immich.settings import check_env_names, label_of, staging_root
+
+    check_env_names(raw, path)  # before the schema, whose messages would echo a pasted secret
     data = validate(raw, schema, path)
     merged = deep_merge(settings, data.get("overrides", {}))
     merged = validate(merged, load_schema("config"), f"{path} (overrides)")
+    if data["kind"] == "immich":  # the staged copy is the source's root
+        data["path"] = str(staging_root(merged["work_root"], label_of(data["immich"], data["name"])) / "files")
     root = Path(os.path.expanduser(data["path"]))
     return Source(
         name=data["name"],
@@ -188,6 +194,7 @@ def load_source(path: str, settings: Mapping[str, Any], schema: Mapping[str, Any
         include=tuple(data.get("include", merged["stage"]["include"])),
         exclude=tuple(data.get("exclude", merged["stage"]["exclude"])),
         settings=merged,
+        immich=data.get("immich"),
     )
 
 

@@ -1,0 +1,125 @@
+"""Parsing of the few Immich responses the stage step reads, for v2.7.x and v3.x alike.
+
+Only fields that both versions define are read, and only ``id``, ``checksum``,
+``originalPath`` and ``type`` are required; everything else has a safe default. Differences
+that do not matter here (v3: ``duration`` in integer ms, no ``unassignedFaces``, no faces
+inside ``people``) are ignored, never parsed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from facesets.immich.geometry import FaceBox
+
+
+class ResponseShapeError(ValueError):
+    """The server answered with JSON that is not the documented shape."""
+
+
+@dataclass(frozen=True)
+class Asset:
+    id: str
+    checksum: str  # base64 SHA-1 of the original
+    original_path: str
+    original_file_name: str
+    type: str
+    width: int | None  # oriented (Immich swaps for EXIF orientations 5-8)
+    height: int | None
+    is_trashed: bool
+    is_offline: bool
+    visibility: str | None
+    owner_id: str | None
+
+
+def _need(d: dict[str, Any], key: str, kind: type, what: str) -> Any:
+    v = d.get(key)
+    if not isinstance(v, kind):
+        raise ResponseShapeError(f"{what}: field {key!r} missing or not a {kind.__name__}")
+    return v
+
+
+def _int_or_none(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
+def parse_asset(d: Any) -> Asset:
+    if not isinstance(d, dict):
+        raise ResponseShapeError("search result item is not an object")
+    what = f"asset {d.get('id')!r}"
+    w, h = _int_or_none(d.get("width")), _int_or_none(d.get("height"))
+    exif = d.get("exifInfo") if isinstance(d.get("exifInfo"), dict) else None
+    if (w is None or h is None) and exif:  # only present when the caller asked for exif
+        from facesets.immich.geometry import oriented_size
+
+        size = oriented_size(
+            None,
+            None,
+            _int_or_none(exif.get("exifImageWidth")),
+            _int_or_none(exif.get("exifImageHeight")),
+            exif.get("orientation"),
+        )
+        w, h = size if size else (None, None)
+    return Asset(
+        id=_need(d, "id", str, what),
+        checksum=_need(d, "checksum", str, what),
+        original_path=_need(d, "originalPath", str, what),
+        original_file_name=d.get("originalFileName") if isinstance(d.get("originalFileName"), str) else "",
+        type=_need(d, "type", str, what),
+        width=w,
+        height=h,
+        is_trashed=bool(d.get("isTrashed", False)),
+        is_offline=bool(d.get("isOffline", False)),
+        visibility=d.get("visibility") if isinstance(d.get("visibility"), str) else None,
+        owner_id=d.get("ownerId") if isinstance(d.get("ownerId"), str) else None,
+    )
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    assets: list[Asset]
+    next_page: int | None
+
+
+def parse_search_page(body: Any) -> SearchPage:
+    """``POST /api/search/metadata`` -> the page's assets and the next page number."""
+    if not isinstance(body, dict) or not isinstance(body.get("assets"), dict):
+        raise ResponseShapeError("search/metadata: expected an object with 'assets'")
+    block = body["assets"]
+    items = block.get("items")
+    if not isinstance(items, list):
+        raise ResponseShapeError("search/metadata: 'assets.items' missing or not a list")
+    nxt = block.get("nextPage")
+    if nxt is None:
+        next_page = None
+    else:
+        try:
+            next_page = int(str(nxt))
+        except ValueError:
+            raise ResponseShapeError(f"search/metadata: 'nextPage' is not a page number: {str(nxt)[:40]!r}") from None
+    return SearchPage([parse_asset(a) for a in items], next_page)
+
+
+def parse_faces(body: Any) -> list[FaceBox]:
+    """``GET /api/faces?id=<asset>`` -> boxes in the preview's pixel space."""
+    if not isinstance(body, list):
+        raise ResponseShapeError("faces: expected a list")
+    out = []
+    for f in body:
+        if not isinstance(f, dict):
+            raise ResponseShapeError("faces: item is not an object")
+        try:
+            out.append(
+                FaceBox(
+                    float(f["boundingBoxX1"]),
+                    float(f["boundingBoxY1"]),
+                    float(f["boundingBoxX2"]),
+                    float(f["boundingBoxY2"]),
+                    int(f["imageWidth"]),
+                    int(f["imageHeight"]),
+                )
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ResponseShapeError(f"faces: box field missing or not a number ({exc})") from None
+    return out
