@@ -104,7 +104,37 @@ def cmd_extend(args: argparse.Namespace) -> int:
     return 0
 
 
+def library_table(manifest: dict) -> str:
+    """The canonical manifest as a table: number, name, kind, faces, photos, top bundle."""
+    rows = [("#", "name", "kind", "faces", "photos", "bundle")]
+    for section in ("facesets", "thin_eras"):
+        for e in manifest.get(section, []):
+            kind = e["kind"] + (" (thin)" if section == "thin_eras" else "")
+            rows.append(
+                (str(e["number"]), e["name"], kind, str(e["faces"]), str(e["unique_images"]), e["bundles"]["top"])
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def cmd_library(args: argparse.Namespace) -> int:
+    path = Path(args.swap_ready) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: no library manifest yet ({exc}); run the workflow first") from None
+    print(library_table(manifest))
+    print(
+        f"{len(manifest.get('facesets', []))} identities, {len(manifest.get('thin_eras', []))} thin eras in {path.parent}"
+    )
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    lib = sub.add_parser("library", help="list the identities of facesets_swap_ready/ (number, name, bundles)")
+    lib.add_argument("swap_ready", nargs="?", default="output/facesets_swap_ready")
+    lib.set_defaults(func=cmd_library)
+
     i = sub.add_parser("identities", help="hand-sorted identities: one sub-folder per person (-> refine folder)")
     i.add_argument("cache", help="face table (.parquet) of an `identities` source")
     i.add_argument("out", help="output folder: <label>/ + refine_manifest.json")

@@ -204,3 +204,12 @@ def test_mixed_dry_run_reports_without_touching_the_library(library):
     assert "new identities that survive the gates" in text
     assert not out.exists()
     assert {p: p.stat().st_mtime_ns for p in swap.rglob("*") if p.is_file()} == before
+
+
+def test_library_listing(library, capsys):
+    tmp, *_ = library
+    from facesets.cli import main
+
+    assert main(["library", str(tmp / "out" / "facesets_swap_ready")]) == 0
+    out = capsys.readouterr().out
+    assert "alex_lacamoire" in out and "identities" in out and "_top30.fsz" in out

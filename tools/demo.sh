@@ -8,3 +8,7 @@ snakemake --profile wsl all
 echo
 echo "== face table: work/sources/demo/faces.parquet =="
 cat work/reports/embed_summary.txt
+echo
+echo "== the library: output/facesets_swap_ready/ =="
+facesets library output/facesets_swap_ready
+echo "report: snakemake --report report.html  (contact sheets + run statistics)"
