@@ -41,7 +41,9 @@ def _section_settings(
         settings = dict(load_config_files(args.configfile).settings[section])
     raw = getattr(args, f"{section}_settings", None)
     if raw:
-        settings.update(json.loads(raw))
+        from facesets.embedhost import decode_arg
+
+        settings.update(json.loads(decode_arg(raw)))
     settings.update({k: getattr(args, k) for k in flags if getattr(args, k, None) is not None})
     for key, value in (extra or {}).items():
         settings[key] = {**settings.get(key, {}), **value}
@@ -100,6 +102,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
         from facesets.shards import parse_shard, select_shard
 
         listing = select_shard(listing, *parse_shard(args.shard))
+    locate = None
+    if args.path_map:  # checked before anything runs: a wrong map must not record "file not found"
+        from facesets.winpath import path_locator
+
+        readable = listing[listing["error"].isna() & listing["sha256"].notna()]
+        locate = path_locator(args.path_map, readable["path"])
     model_dir = Path(args.model_dir or cache.parent / "models")
     analyzer = create_analyzer(args.backend, settings, providers=args.providers.split(","), model_dir=model_dir)
     store = FaceStore(Path(args.store or cache.parent / "store"), analyzer.model_id)
@@ -111,7 +119,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         batch_images=settings["batch_images"],
         workers=workers,
     )
-    stats = embed_listing(listing, analyzer, store, opts, cache, plain_progress=args.plain_progress)
+    stats = embed_listing(listing, analyzer, store, opts, cache, plain_progress=args.plain_progress, locate=locate)
     print(json.dumps(stats.__dict__))
     return 0
 
@@ -154,6 +162,145 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             }
         )
     )
+    return 0
+
+
+def _beside(cache: str, name: str) -> Path:
+    """``work/s/faces.parquet`` -> ``work/s/<name>``; ``x/t.parquet`` -> ``x/t.<name>``."""
+    p = Path(cache)
+    return p.with_name(name) if p.name == "faces.parquet" else p.with_name(f"{p.name.removesuffix('.parquet')}.{name}")
+
+
+def cmd_enrich(args: argparse.Namespace) -> int:
+    from facesets.enrich import EnrichOptions, enrich_table
+
+    settings = _section_settings(args, "enrich", ("workers", "batch_faces"))
+    embed = _section_settings(args, "embed", ())
+    opts = EnrichOptions(
+        workers=settings["workers"] or (os.cpu_count() or 1),
+        batch_faces=settings["batch_faces"],
+        landmarks=settings["landmarks"] and not args.no_landmarks,
+        max_pixels=embed["max_pixels"],
+    )
+    cache = Path(args.cache)
+    stats = enrich_table(
+        cache,
+        Path(args.out) if args.out else _beside(args.cache, "quality.parquet"),
+        Path(args.cache_dir) if args.cache_dir else cache.parent / "cache" / "enrich",
+        opts,
+        images_path=Path(args.images) if args.images else None,
+        insightface_settings=embed["insightface"],
+        providers=args.providers.split(","),
+    )
+    print(json.dumps(stats.__dict__))
+    return 0
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from facesets.dedup import DedupOptions, run_dedup
+
+    s = _section_settings(
+        args, "dedup", ("workers", "phash_distance", "face_distance", "min_overlap", "min_ncc", "min_cell_ncc", "crops")
+    )
+    opts = DedupOptions(
+        phash_distance=s["phash_distance"],
+        face_distance=s["face_distance"],
+        work_size=s["work_size"],
+        min_inliers=s["min_inliers"],
+        min_overlap=s["min_overlap"],
+        crops=s["crops"],
+        min_ncc=s["min_ncc"],
+        min_cell_ncc=s["min_cell_ncc"],
+        workers=s["workers"] or (os.cpu_count() or 1),
+    )
+    cache = Path(args.cache)
+    stats = run_dedup(
+        cache,
+        Path(args.out) if args.out else _beside(args.cache, "duplicates.json"),
+        Path(args.cache_dir) if args.cache_dir else cache.parent / "cache" / "dedup",
+        opts,
+        listing_path=Path(args.listing) if args.listing else None,
+    )
+    print(json.dumps(stats.__dict__))
+    return 0
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    from facesets.refine import run_refine
+
+    flags = (
+        "cluster_threshold",
+        "merge_threshold",
+        "outlier_threshold",
+        "outlier_min_size",
+        "min_short",
+        "min_blur",
+        "min_det_score",
+        "min_faces",
+        "link_mode",
+    )
+    settings = _section_settings(args, "refine", flags)
+    cluster = _section_settings(args, "cluster", ())  # the engine's method/exact_max/knn
+    quality = Path(args.quality) if args.quality else None
+    manifest = run_refine(Path(args.cache), Path(args.out), settings, quality, cluster)
+    print(json.dumps(manifest["stats"]))
+    return 0
+
+
+def cmd_export_swap(args: argparse.Namespace) -> int:
+    from facesets.export import backend_of, make_detector, run_export
+
+    flags = (
+        "outlier_tight",
+        "min_face_short",
+        "pad_ratio",
+        "min_pad_ratio",
+        "out_size",
+        "top_n",
+        "candidate_distance",
+        "candidate_min_score",
+        "workers",
+    )
+    settings = _section_settings(args, "export", flags)
+    embed = json.loads(args.embed_settings) if args.embed_settings else {}
+    model_dir = Path(args.model_dir) if args.model_dir else Path(args.cache).parent / "models"
+
+    def detector(opts, model_id):
+        backend = args.backend or backend_of(model_id)
+        return make_detector(backend, embed, opts, model_dir, args.providers.split(","))
+
+    manifest = run_export(
+        Path(args.cache),
+        Path(args.refine_manifest),
+        Path(args.out),
+        settings,
+        detector,
+        raw_manifest=Path(args.raw_manifest) if args.raw_manifest else None,
+        candidates=args.candidates,
+        quality=Path(args.quality) if args.quality else None,
+        duplicates=Path(args.duplicates) if args.duplicates else None,
+        crop_cache=Path(args.crop_cache) if args.crop_cache else None,
+    )
+    print(json.dumps(manifest["stats"]))
+    return 0
+
+
+def cmd_contact_sheets(args: argparse.Namespace) -> int:
+    from facesets.report import SheetOptions, contact_sheets
+
+    s = _section_settings(args, "report", ("columns", "thumb", "max_tiles"))
+    written = contact_sheets(
+        Path(args.export), Path(args.out), SheetOptions(columns=s["columns"], thumb=s["thumb"], max_tiles=s["max_tiles"])
+    )
+    print(json.dumps({"sheets": len(written), "out": args.out}))
+    return 0
+
+
+def cmd_run_stats(args: argparse.Namespace) -> int:
+    from facesets.report import SourceFiles, run_stats
+
+    stats = run_stats([SourceFiles.parse(x) for x in args.source or []], Path(args.out), Path(args.json) if args.json else None)
+    print(json.dumps({"sources": len(stats), "out": args.out}))
     return 0
 
 
@@ -216,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated ONNX Runtime providers (env FACESETS_PROVIDERS)",
     )
     e.add_argument("--configfile", action="append", help="take the embed settings from this config.yaml")
-    e.add_argument("--embed-settings", help="JSON object for the `embed` config section")
+    e.add_argument("--embed-settings", help="JSON object for the `embed` config section (or b64:<base64 of it>)")
     e.add_argument("--source", help="source name when SRC is a folder")
     e.add_argument("--det-size", type=int)
     e.add_argument("--det-thresh", type=float)
@@ -225,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-images", type=int)
     e.add_argument("--shard", help="I/N: embed only shard I of N (photos split by sha256)")
     e.add_argument("--plain-progress", action="store_true", help="log lines instead of a progress bar")
+    e.add_argument(
+        "--path-map",
+        action="append",
+        metavar="LINUX_ROOT=HOST_ROOT",
+        help="open the listing's photos under LINUX_ROOT at HOST_ROOT (a Windows embed of a WSL listing); repeatable",
+    )
     e.set_defaults(func=cmd_embed)
 
     ms = sub.add_parser("merge-shards", help="merge shard face tables into one source face table")
@@ -245,6 +398,110 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--configfile", action="append", help="take the cluster settings from this config.yaml")
     k.add_argument("--cluster-settings", help="JSON object for the `cluster` config section")
     k.set_defaults(func=cmd_cluster)
+
+    en = sub.add_parser("enrich", help="per-face quality: face_short, blur, pose, symmetry, EXIF year (-> quality.parquet)")
+    en.add_argument("cache", help="face table (.parquet) from `facesets embed`")
+    en.add_argument("--out", help="quality table to write (default: quality.parquet beside CACHE)")
+    en.add_argument("--images", help="image records (capture times; default: the ones beside CACHE)")
+    en.add_argument("--cache-dir", help="enrich cache root (default: <CACHE dir>/cache/enrich)")
+    en.add_argument("--configfile", action="append", help="take the enrich/embed settings from this config.yaml")
+    en.add_argument("--enrich-settings", help="JSON object for the `enrich` config section")
+    en.add_argument("--embed-settings", help="JSON object for the `embed` section (insightface pack for landmarks)")
+    en.add_argument("--workers", type=int)
+    en.add_argument("--batch-faces", type=int)
+    en.add_argument("--no-landmarks", action="store_true", help="skip the insightface pack's landmark models")
+    en.add_argument(
+        "--providers",
+        default=os.environ.get("FACESETS_PROVIDERS", "CPUExecutionProvider"),
+        help="comma-separated ONNX Runtime providers for the landmark models (env FACESETS_PROVIDERS)",
+    )
+    en.set_defaults(func=cmd_enrich)
+
+    dd = sub.add_parser("dedup", help="byte-identical and visual near-duplicate photo groups (-> duplicates.json)")
+    dd.add_argument("cache", help="face table (.parquet); the listing beside it is read too")
+    dd.add_argument("--out", help="duplicates.json to write (default: beside CACHE)")
+    dd.add_argument("--listing", help="listing (.parquet) from `facesets stage` (default: listing.parquet beside CACHE)")
+    dd.add_argument("--cache-dir", help="hash cache root (default: <CACHE dir>/cache/dedup)")
+    dd.add_argument("--configfile", action="append", help="take the dedup settings from this config.yaml")
+    dd.add_argument("--dedup-settings", help="JSON object for the `dedup` config section")
+    dd.add_argument("--workers", type=int)
+    dd.add_argument("--phash-distance", type=int)
+    dd.add_argument("--face-distance", type=float)
+    dd.add_argument("--min-overlap", type=float)
+    dd.add_argument("--min-ncc", type=float)
+    dd.add_argument("--min-cell-ncc", type=float)
+    dd.add_argument("--crops", action=argparse.BooleanOptionalAction, default=None, help="cut-outs are near-duplicates")
+    dd.set_defaults(func=cmd_dedup)
+
+    r = sub.add_parser("refine", help="face sets from a face table: faceset_NNN/ + refine_manifest.json")
+    r.add_argument("cache", help="face table (.parquet) from `facesets embed`")
+    r.add_argument("out", help="output folder (replaced atomically)")
+    r.add_argument("--quality", help="quality table from `facesets enrich` (without it: no blur gate)")
+    r.add_argument("--configfile", action="append", help="take the refine/cluster settings from this config.yaml")
+    r.add_argument("--refine-settings", help="JSON object for the `refine` config section")
+    r.add_argument("--cluster-settings", help="JSON object for the `cluster` config section (engine method)")
+    r.add_argument("--cluster-threshold", type=float, help="initial average-linkage cut (default: model profile)")
+    r.add_argument("--merge-threshold", type=float, help="centroid merge distance (default: model profile)")
+    r.add_argument("--outlier-threshold", type=float, help="face-to-centroid outlier distance (default: profile)")
+    r.add_argument("--outlier-min-size", type=int)
+    r.add_argument("--min-short", type=float)
+    r.add_argument("--min-blur", type=float)
+    r.add_argument("--min-det-score", type=float)
+    r.add_argument("--min-faces", type=int, help="unique photos a face set needs")
+    r.add_argument("--link-mode", choices=["hardlink", "symlink", "copy"])
+    r.set_defaults(func=cmd_refine)
+
+    x = sub.add_parser("export-swap", help="single-face crops and roop .fsz bundles per face set (+ manifests)")
+    x.add_argument("cache", help="face table (.parquet) from `facesets embed`")
+    x.add_argument("refine_manifest", help="refine_manifest.json from `facesets refine`")
+    x.add_argument("out", help="output folder (replaced atomically)")
+    x.add_argument("--raw-manifest", help="manifest.json of the raw clusters (for --candidates)")
+    x.add_argument(
+        "--candidates", action=argparse.BooleanOptionalAction, default=None, help="rescue near singletons"
+    )
+    x.add_argument("--quality", help="quality table from `facesets enrich`")
+    x.add_argument("--duplicates", help="duplicates.json from `facesets dedup`")
+    x.add_argument("--crop-cache", help="folder of finished crops to reuse between runs")
+    x.add_argument("--configfile", action="append", help="take the export settings from this config.yaml")
+    x.add_argument("--export-settings", help="JSON object for the `export` config section")
+    x.add_argument("--embed-settings", help="JSON `embed` settings for the re-detection check (backend options)")
+    x.add_argument("--backend", choices=["opencv", "insightface"], help="re-detection backend (default: the model's)")
+    x.add_argument("--model-dir", help="opencv model cache (default: <cache dir>/models)")
+    x.add_argument(
+        "--providers",
+        default=os.environ.get("FACESETS_PROVIDERS", "CPUExecutionProvider"),
+        help="comma-separated ONNX Runtime providers (env FACESETS_PROVIDERS)",
+    )
+    x.add_argument("--outlier-tight", type=float, help="face-to-centroid gate (default: model profile)")
+    x.add_argument("--min-face-short", type=float)
+    x.add_argument("--pad-ratio", type=float)
+    x.add_argument("--min-pad-ratio", type=float)
+    x.add_argument("--out-size", type=int)
+    x.add_argument("--top-n", type=int)
+    x.add_argument("--candidate-distance", type=float)
+    x.add_argument("--candidate-min-score", type=float)
+    x.add_argument("--workers", type=int)
+    x.set_defaults(func=cmd_export_swap)
+
+    cs = sub.add_parser("contact-sheets", help="one PNG per exported face set: its crops with their quality scores")
+    cs.add_argument("export", help="export folder (with manifest.json) from `facesets export-swap`")
+    cs.add_argument("out", help="output folder of <faceset>.png (replaced atomically)")
+    cs.add_argument("--configfile", action="append", help="take the report settings from this config.yaml")
+    cs.add_argument("--report-settings", help="JSON object for the `report` config section")
+    cs.add_argument("--columns", type=int)
+    cs.add_argument("--thumb", type=int)
+    cs.add_argument("--max-tiles", type=int)
+    cs.set_defaults(func=cmd_contact_sheets)
+
+    rs = sub.add_parser("run-stats", help="an HTML page of run statistics per source (images ... rejections by gate)")
+    rs.add_argument("out", help="output page (.html)")
+    rs.add_argument(
+        "--source",
+        action="append",
+        help="name=N,faces=FACES,raw=RAW_DIR,duplicates=JSON,refine=REFINE_DIR,export=EXPORT_DIR (repeatable; keys optional but name)",
+    )
+    rs.add_argument("--json", help="also write the numbers as JSON")
+    rs.set_defaults(func=cmd_run_stats)
 
     m = sub.add_parser("summary", help="print images, faces, no-face images, errors, img/s")
     m.add_argument("tables", nargs="+", help="face tables (.parquet)")
@@ -270,6 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     from facesets import era
 
     era.add_cli(sub)  # era-probe, era-split
+
+    from facesets.immich import command as immich_command
+
+    immich_command.add_parser(sub)  # stage-immich
     return p
 
 

@@ -38,3 +38,35 @@ def for_model(model_id: str) -> ModelThresholds:
         if model_id.startswith(prefix):
             return profile
     raise ValueError(f"no threshold profile for model {model_id!r}; known prefixes: {[p for p, _ in _BY_PREFIX]}")
+
+
+@dataclass(frozen=True)
+class EraThresholds:
+    """Distances of the era split (facesets/era.py), for one model.
+
+    The seed tuned them on buffalo_l (``ERA_SEED``); another model gets them scaled by the ratio
+    of its ``outlier`` threshold to buffalo_l's (the recovery radius *is* the outlier threshold),
+    the same ratio transfer that gave the SFace profile (docs/thresholds.md).
+    """
+
+    recover: float  # wide recovery: face to the curated faceset's centroid
+    tighten: float  # face to the re-computed centroid of the recovered faces
+    subcluster: float  # average-linkage cut of the sub-clusters (eras in the making)
+    attach: float  # fragment centroid to anchor centroid
+    probe: tuple[float, ...]  # sub-cluster cuts the probe report shows
+
+
+ERA_SEED = EraThresholds(recover=0.55, tighten=0.50, subcluster=0.35, attach=0.40, probe=(0.30, 0.35, 0.40, 0.45, 0.50))
+
+
+def era_for_model(model_id: str) -> EraThresholds:
+    """``ERA_SEED`` scaled to the model of ``model_id`` (rounded to 3 decimals)."""
+    profile = for_model(model_id)
+    s = profile.outlier / ARCFACE.outlier
+    return EraThresholds(
+        recover=profile.outlier,
+        tighten=round(ERA_SEED.tighten * s, 3),
+        subcluster=round(ERA_SEED.subcluster * s, 3),
+        attach=round(ERA_SEED.attach * s, 3),
+        probe=tuple(round(t * s, 3) for t in ERA_SEED.probe),
+    )
