@@ -127,6 +127,7 @@ def build_identity(ident: L.Identity, swap_ready: Path, top_n: int) -> bool:
 
     New members' ``crop`` points at their export's file; it is copied in and repointed at the
     library's copy (relative to ``swap_ready``), so the ledger never depends on an export again.
+    A folder that moved (an era leaving ``_thin/``) is rebuilt from the old folder's copies.
     """
     d = swap_ready / identity_dir(ident)
     ranked = _ranked(ident)
@@ -145,9 +146,9 @@ def build_identity(ident: L.Identity, swap_ready: Path, top_n: int) -> bool:
     crops.mkdir(parents=True, exist_ok=True)
     for key, m in ranked:
         dest = crops / f"{key}.png"
-        if not dest.exists():  # first merge of this face: copy from the export (absolute path)
+        if not dest.exists():  # from the export (absolute path) or the library's old folder (relative)
             tmp = dest.with_name(f".tmp-{dest.name}")
-            shutil.copyfile(m.crop, tmp)
+            shutil.copyfile(m.crop if os.path.isabs(m.crop) else swap_ready / m.crop, tmp)
             os.replace(tmp, dest)
         m.crop = dest.relative_to(swap_ready).as_posix()  # from now on the library's own copy
     pngs = [crops / f"{k}.png" for k, _ in ranked]
