@@ -223,12 +223,18 @@ def embed_listing(
     opts: EmbedOptions,
     faces_out: Path,
     plain_progress: bool = False,
+    locate: Callable[[str], str] | None = None,
 ) -> EmbedStats:
-    """The whole embed step for one listing; writes faces, image records and stats."""
+    """The whole embed step for one listing; writes faces, image records and stats.
+
+    ``locate`` maps a listing path to where this host opens the file (a Windows embed opens
+    a WSL listing's photos through the WSL share); tables keep the listing's paths.
+    """
     t0 = time.monotonic()
     readable = listing[listing["error"].isna() & listing["sha256"].notna()]
     done = store.done()
-    todo = [(r.path, r.sha256) for r in readable.itertuples(index=False) if r.sha256 not in done]
+    where = locate or (lambda p: p)
+    todo = [(where(r.path), r.sha256) for r in readable.itertuples(index=False) if r.sha256 not in done]
     log.info(
         "embed: %d unique images, %d in the store already, %d to analyze (model %s)",
         len(readable),

@@ -7,6 +7,7 @@ import sys
 sys.path.insert(0, workflow.basedir)  # the facesets package, also when not pip-installed
 
 from facesets.config import ConfigError, load_workflow_config  # noqa: E402
+from facesets.embedhost import EmbedHost  # noqa: E402
 from facesets.listing import fingerprint  # noqa: E402
 from facesets.schema import SCHEMA_VERSION  # noqa: E402
 
@@ -33,6 +34,8 @@ os.environ.update(
 )
 # Keys that change how fast embed runs but not what it produces.
 NON_RESULT_EMBED_KEYS = ("workers", "shards")
+# Where embed jobs run (config embed_host; profiles/directml sets it): see embed_host_args.
+EMBED_HOST = EmbedHost.from_settings(config)
 
 
 def source_names():
@@ -71,6 +74,23 @@ def embed_shard_tables(wildcards):
     return [f"{WORK}/sources/{wildcards.source}/shards/{n}/{i}.faces.parquet" for i in range(n)]
 
 
+def embed_host_args(wildcards, input, output):
+    """The embed command's host-dependent pieces: launcher, providers, paths as the host sees them.
+
+    A function of input/output, so Snakemake does not record it as a rerun-trigger param (the
+    files are tracked as input/output): switching profiles (local CPU/CUDA, DirectML on the
+    Windows host) reruns nothing. The store and model dir stay plain params.
+    """
+    return EMBED_HOST.job_args(
+        listing=input.listing,
+        faces=output.faces,
+        store=f"{WORK}/store",
+        model_dir=str(WF.model_dir),
+        photo_root=str(src(wildcards).root),
+        settings=embed_result_settings(wildcards),
+    )
+
+
 def embed_threads(wildcards):
     return src(wildcards).settings["embed"]["workers"] or workflow.cores
 
@@ -96,3 +116,8 @@ def earlier_refines(wildcards):
 
 def all_exports():
     return expand(f"{OUTPUT}/export/{{source}}", source=source_names())
+
+
+def all_eras():
+    """The era splits of config eras.identities (rules/era.smk): {output}/eras/<identity>/."""
+    return expand(f"{OUTPUT}/eras/{{identity}}", identity=config["eras"]["identities"])

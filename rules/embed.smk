@@ -18,6 +18,7 @@ rule embed_shard:
         schema_version=SCHEMA_VERSION,
         store=f"{WORK}/store",
         model_dir=str(WF.model_dir),
+        host=embed_host_args,
     threads: embed_threads
     resources:
         mem_mb=4000,
@@ -26,10 +27,10 @@ rule embed_shard:
     conda:
         "../envs/facesets.yaml"
     shell:
-        "facesets embed {input.listing:q} {output.faces:q} --source {wildcards.source}"
-        " --shard {wildcards.shard}/{wildcards.n}"
-        " --backend {params.backend} --store {params.store:q} --model-dir {params.model_dir:q}"
-        " --embed-settings {params.settings:q} --workers {threads}"
+        "{params.host.launcher} embed {params.host.listing:q} {params.host.faces:q} --source {wildcards.source}"
+        " --shard {wildcards.shard}/{wildcards.n} --providers {params.host.providers}"
+        " --backend {params.backend} --store {params.host.store:q} --model-dir {params.host.model_dir:q}"
+        " {params.host.path_map:q} --embed-settings {params.host.settings:q} --workers {threads}"
         " --plain-progress 2> {log:q}"
 
 

@@ -117,6 +117,33 @@ def letterbox(rgb: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     return canvas, factor
 
 
+class SerializedSession:
+    """An ONNX Runtime session whose ``run`` admits one caller at a time.
+
+    DirectML "does not support multi-threaded calls to Run on the same inference session"
+    (ONNX Runtime's DirectML EP docs); the embed's worker threads share one analyzer, so their
+    decodes stay parallel while the DirectML runs queue here.
+    """
+
+    def __init__(self, session) -> None:
+        import threading
+
+        self._session = session
+        self._lock = threading.Lock()
+
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return self._session.run(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
+
+
+def needs_serial_runs(providers: Sequence[str]) -> bool:
+    """DirectML sessions need memory patterns off and one Run at a time (ONNX Runtime docs)."""
+    return "DmlExecutionProvider" in providers
+
+
 def ort_session(model: str | bytes, providers: Sequence[str]):  # -> onnxruntime.InferenceSession
     import onnxruntime as ort
 
@@ -131,4 +158,8 @@ def ort_session(model: str | bytes, providers: Sequence[str]):  # -> onnxruntime
         import logging
 
         logging.getLogger(__name__).warning("ONNX Runtime providers %s requested, using %s", list(providers), chosen)
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=opts, providers=chosen)
+    serial = needs_serial_runs(chosen)
+    if serial:
+        opts.enable_mem_pattern = False
+    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=opts, providers=chosen)
+    return SerializedSession(session) if serial else session
