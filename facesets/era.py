@@ -799,6 +799,8 @@ def _year_cache(args: argparse.Namespace) -> YearCache:
 def cmd_era_probe(args: argparse.Namespace) -> int:
     from facesets.atomic import write_json
 
+    if args.pending_ok and seed_digest(args.centroid_from) == "absent":
+        return _write_pending(args)
     out, faces, quality, seed, st, model_id = _era_inputs(args)
     cache = _year_cache(args)
     report = probe_identity(args.identity or seed.name, faces, quality, seed, st, cache, model_id)
@@ -840,6 +842,29 @@ def _export_args(args: argparse.Namespace, model_id: str) -> dict[str, Any]:
     }
 
 
+def _write_pending(args: argparse.Namespace) -> int:
+    """The identity is not in the library yet (a first run): an empty split, done again once it is.
+
+    The rule's rerun trigger is the digest of the identity's ledger entry, "absent" now; after
+    manifest-merge adds the identity, the next run sees the digest change and splits for real.
+    """
+    from facesets.atomic import write_json
+
+    out = Path(_take_out(args))
+    _, _, name = args.centroid_from.rpartition("#")
+    identity = args.identity or name
+    faces = load_faces(args.faces)
+    model_id = model_of(faces, args.faces)
+    note = f"identity {identity!r} is not in the library yet: run the workflow again after manifest-merge"
+    log.warning("era-split: %s", note)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "eras_manifest.json", {"version": MANIFEST_VERSION, "identity": identity, "model_id": model_id,
+                                            "pending": note, "eras": []})  # fmt: skip
+    write_json(out / EXPORT_MANIFEST, {"version": 1, "source": f"eras:{identity}", "model_id": model_id, "facesets": []})
+    print(json.dumps({"identity": identity, "eras": [], "pending": note}))
+    return 0
+
+
 def cmd_era_split(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
@@ -847,6 +872,8 @@ def cmd_era_split(args: argparse.Namespace) -> int:
     from facesets.atomic import write_json
     from facesets.refine import replace_dir
 
+    if args.pending_ok and seed_digest(args.centroid_from) == "absent":
+        return _write_pending(args)
     out, faces, quality, seed, st, model_id = _era_inputs(args)
     cache = _year_cache(args)
     manifest = split_identity(args.identity or seed.name, faces, quality, seed, st, cache, model_id)
@@ -892,6 +919,12 @@ def add_cli(sub: Any) -> None:
         p.add_argument("--faces", nargs="+", action=_Files, required=True, help="face tables of the sources")
         p.add_argument("--quality", nargs="+", action=_Files, help="quality tables from `facesets enrich`")
         p.add_argument("--identity", help="name of the eras' identity (default: the faceset name)")
+        if name == "era-split":
+            p.add_argument(
+                "--pending-ok",
+                action="store_true",
+                help="identity not in --centroid-from yet (first run): write an empty split instead of failing",
+            )
         p.add_argument("--exif-cache", help="EXIF year cache folder (default: <work_root>/cache/era/exif_years)")
         p.add_argument("--configfile", action="append", help="take the eras settings from this config.yaml")
         p.add_argument("--eras-settings", help="JSON object for the `eras` config section")

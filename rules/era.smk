@@ -30,6 +30,6 @@ rule era_split:
     conda:
         "../envs/facesets.yaml"
     shell:
-        "facesets era-split {output:q} --centroid-from {params.seed:q} --identity {wildcards.identity:q}"
+        "facesets era-split {output:q} --centroid-from {params.seed:q} --identity {wildcards.identity:q} --pending-ok"
         " --faces {input.faces:q} --quality {input.quality:q} --exif-cache {params.exif_cache:q}"
         " --eras-settings {params.settings:q} {params.export} 2> {log:q}"

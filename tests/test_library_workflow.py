@@ -27,6 +27,9 @@ refine:
   min_blur: 0
 export:
   min_face_short: 40
+eras:
+  identities: [obama]
+  min_era_faces: 3
 """
 
 
@@ -71,6 +74,9 @@ def library(dev_faces, model_dir, tmp_path_factory):
         _source(tmp, "bucket", "mixed", photos / "bucket"),
     ]
     cfg = _config(tmp, model_dir, srcs)
+    first = run_snakemake(["--configfile", str(cfg), "--cores", "2", "all"], tmp)
+    # The era split needs obama in the library: the first run leaves it pending, the second splits.
+    assert "not in the library yet" in (tmp / "work" / "logs" / "era" / "obama.log").read_text(), first.stderr[-2000:]
     run_snakemake(["--configfile", str(cfg), "--cores", "2", "all"], tmp)
     return tmp, cfg, photos, srcs
 
@@ -213,3 +219,14 @@ def test_library_listing(library, capsys):
     assert main(["library", str(tmp / "out" / "facesets_swap_ready")]) == 0
     out = capsys.readouterr().out
     assert "alex_lacamoire" in out and "identities" in out and "_top30.fsz" in out
+
+
+def test_eras_fold_into_the_library_after_the_identity_exists(library):
+    tmp, *_ = library
+    manifest = json.loads(_manifest_bytes(tmp))
+    eras = [e for sec in ("facesets", "thin_eras") for e in manifest[sec] if e["kind"] == "era"]
+    assert eras and all(e["provenance"]["parent"] == "obama" for e in eras), manifest
+    nums = _numbers(manifest)
+    assert all(e["number"] > nums["rose_leslie"] for e in eras)  # numbered past the identities
+    for e in eras:
+        assert (tmp / "out" / "facesets_swap_ready" / e["dir"] / f"{e['name']}.txt").exists()
