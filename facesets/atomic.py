@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,3 +47,14 @@ def write_text(target: str | os.PathLike[str], text: str) -> None:
 
 def write_json(target: str | os.PathLike[str], obj: Any) -> None:
     write_text(target, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Swap a finished temp folder in place of ``out`` (never a half-written ``out``)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".old-{out.name}-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -799,8 +799,6 @@ def _year_cache(args: argparse.Namespace) -> YearCache:
 def cmd_era_probe(args: argparse.Namespace) -> int:
     from facesets.atomic import write_json
 
-    if args.pending_ok and seed_digest(args.centroid_from) == "absent":
-        return _write_pending(args)
     out, faces, quality, seed, st, model_id = _era_inputs(args)
     cache = _year_cache(args)
     report = probe_identity(args.identity or seed.name, faces, quality, seed, st, cache, model_id)
@@ -869,8 +867,7 @@ def cmd_era_split(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from facesets.atomic import write_json
-    from facesets.refine import replace_dir
+    from facesets.atomic import replace_dir, write_json
 
     if args.pending_ok and seed_digest(args.centroid_from) == "absent":
         return _write_pending(args)

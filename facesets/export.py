@@ -45,11 +45,11 @@ import numpy as np
 import pandas as pd
 
 from facesets import imageio, thresholds
-from facesets.atomic import write_bytes, write_json
+from facesets.atomic import replace_dir, write_bytes, write_json
 from facesets.clustering import normalize
 from facesets.crops import CropOptions, CropResult, Detector, decode_long_side, single_face_crop, square_box
 from facesets.fsz import write_fsz_from_files
-from facesets.refine import align_quality, load_quality, read_faces, remove_stale_temps, replace_dir
+from facesets.refine import align_quality, load_quality, read_faces, remove_stale_temps
 
 log = logging.getLogger(__name__)
 

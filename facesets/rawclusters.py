@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from facesets import schema
-from facesets.atomic import write_json
-from facesets.clustering import cluster_faces
+from facesets.atomic import replace_dir, write_json
+from facesets.clustering import EXACT_MAX, cluster_faces
 from facesets.embed import sidecar_paths
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class ClusterOptions:
     threshold: float
     link_mode: str = "hardlink"
     method: str = "auto"
-    exact_max: int = 20_000
+    exact_max: int = EXACT_MAX
     knn: int = 32
 
 
@@ -189,13 +189,7 @@ def write_clusters(faces: pd.DataFrame, images: pd.DataFrame, out: Path, opts: C
             ],
         }
         write_json(tmp / "manifest.json", manifest)
-        old = None
-        if out.exists():
-            old = out.with_name(f".old-{out.name}-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -37,7 +37,7 @@ import pandas as pd
 import pyarrow as pa
 
 from facesets import schema, thresholds
-from facesets.atomic import write_json
+from facesets.atomic import replace_dir, write_json
 from facesets.clustering import canonical_labels, centroid_merge, centroids, cluster_faces, reject_outliers
 from facesets.rawclusters import link_name, materialize
 from facesets.thresholds import ModelThresholds
@@ -328,17 +328,6 @@ def remove_stale_temps(out: Path) -> None:
     output: Snakemake locks it; by hand, do not run two commands on one output)."""
     for p in list(out.parent.glob(f".tmp-{out.name}.*")) + list(out.parent.glob(f".old-{out.name}-*")):
         shutil.rmtree(p, ignore_errors=True)
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Swap a finished temp folder in place of ``out`` (never a half-written ``out``)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".old-{out.name}-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_refine(manifest: Mapping[str, Any], faces: pd.DataFrame, out: Path, link_mode: str) -> None:

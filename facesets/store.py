@@ -11,47 +11,32 @@ Deleting the store only costs time.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from facesets import schema
-from facesets.atomic import TMP_PREFIX
+from facesets.segcache import SegmentCache
 
 log = logging.getLogger(__name__)
 
 
-class FaceStore:
+class FaceStore(SegmentCache):
+    """The segment cache (facesets/segcache.py) of ``schema.STORE`` rows under one model id.
+
+    Unlike the other caches a key (sha256) has several rows, one per face: ``load`` keeps
+    all rows of an image from the first segment that has it.
+    """
+
     def __init__(self, root: Path, model_id: str) -> None:
-        self.dir = Path(root) / model_id
+        super().__init__(Path(root) / model_id, schema.STORE, "sha256")
         self.model_id = model_id
-
-    def segments(self) -> list[Path]:
-        if not self.dir.exists():
-            return []
-        return sorted(p for p in self.dir.glob("seg-*.parquet") if not p.name.startswith(TMP_PREFIX))
-
-    def _read(self, path: Path, columns: list[str] | None = None) -> pa.Table | None:
-        try:
-            return pq.read_table(path, columns=columns)
-        except Exception as exc:  # noqa: BLE001 - a damaged segment is skipped, its images redone
-            log.warning("face store: ignoring unreadable segment %s (%s)", path, exc)
-            return None
 
     def done(self) -> set[str]:
         """sha256 of every image the store has a result for."""
-        out: set[str] = set()
-        for seg in self.segments():
-            t = self._read(seg, ["sha256"])
-            if t is not None:
-                out.update(t.column("sha256").to_pylist())
-        return out
+        return self.keys()
 
     def load(self, shas: Iterable[str]) -> pd.DataFrame:
         """All rows for the given images; the first segment (by name) wins on repeats."""
@@ -71,14 +56,6 @@ class FaceStore:
         df = pd.concat(parts, ignore_index=True)
         first = df.groupby("sha256")["_seg"].transform("min")
         return df[df["_seg"] == first].drop(columns="_seg").reset_index(drop=True)
-
-    def add(self, rows: pd.DataFrame) -> Path:
-        """Write one immutable segment atomically."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        name = f"seg-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.parquet"
-        path = self.dir / name
-        schema.write_table(rows, schema.STORE, path)
-        return path
 
     def compact(self) -> Path | None:
         """Merge all segments into one (safe while no writer runs)."""
