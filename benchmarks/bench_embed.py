@@ -37,9 +37,9 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import report
 from build_library import DEFAULT_DEST, DEFAULT_PHOTOS, build_library
 
+import report
 from facesets import embed as embed_mod
 from facesets import imageio, schema
 from facesets.analyzers import create_analyzer

@@ -25,7 +25,6 @@ REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
 import report  # noqa: E402
-
 from facesets.immich.client import CircuitBreaker, ClientOptions, ClientStats, ImmichClient  # noqa: E402
 from facesets.immich.stage import StageOptions, stage_immich  # noqa: E402
 
