@@ -4,7 +4,12 @@
   sub-modes, look-alike pairs, low-quality and noise faces, photos of 1-6 different people).
 * Ours: ``facesets.clustering.cluster_faces(keys, emb, photo, threshold)`` with
   ``method="auto"`` (exact up to ``exact_max`` faces, graph above) and, where auto is exact,
-  ``method="graph"`` too. Cannot-link: faces of one photo never share a cluster.
+  ``method="graph"`` too; above ``exact_max`` and up to ``--exact-ref-max`` faces also
+  ``method="exact"`` as the reference; up to ``--norepair-max`` faces the graph path without
+  its cluster-level repair (``repair=False``), to show what the repair buys. Cannot-link:
+  faces of one photo never share a cluster. Where the seed's method runs, ours exact is also
+  run without cannot-link (every face its own photo): the same unconstrained HAC as the
+  seed's, so the gap between ours exact and the seed's is the constraint's alone.
 * The seed's method: ``sklearn.cluster.AgglomerativeClustering(metric="precomputed",
   linkage="average", distance_threshold=t)`` on the dense float64 cosine distance matrix
   (``sklearn.metrics.pairwise.cosine_distances``); no cannot-link. Run up to ``--seed-max``
@@ -17,7 +22,8 @@
 * Quality vs ground truth: pairwise and BCubed precision/recall/F (``facesets.metrics``),
   cannot-link violations (pairs of faces of one photo in one cluster). Graph vs exact:
   BCubed/pairwise F of the graph labels taking the exact labels as truth, on the full set
-  where exact runs, and on a subsample of whole photos (``--subsample`` faces) above that.
+  where exact runs, and on a subsample of whole photos (``--subsample`` faces) above
+  ``--exact-ref-max``.
 
 Sizes run in increasing order and the "cluster engine" section of ``docs/benchmarks.md``
 is rewritten after every run (other sections are kept), so partial results survive.
@@ -47,7 +53,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
-
 from facesets.clustering import EXACT_MAX  # noqa: E402
 from facesets.metrics import bcubed_prf, pairwise_prf  # noqa: E402
 from facesets.synth import pair_distance_percentiles, synthetic_faces  # noqa: E402
@@ -128,7 +133,11 @@ def worker(args: argparse.Namespace) -> int:
         used = f"seed: distance matrix by {how}"
     else:
         kw = {} if args.k is None else {"k": args.k}
-        res = cluster_faces(keys, emb, photo, args.threshold, method=args.worker, **kw)
+        method = {"exact-nocl": "exact", "graph-norepair": "graph"}.get(args.worker, args.worker)
+        if args.worker == "graph-norepair":
+            kw["repair"] = False
+        groups = np.arange(len(keys)) if args.worker == "exact-nocl" else photo  # no-cl: a photo per face
+        res = cluster_faces(keys, emb, groups, args.threshold, method=method, **kw)
         labels, used = res.labels, res.method
     seconds = time.perf_counter() - t0
     np.save(args.result + ".labels.npy", np.asarray(labels, np.int64))
@@ -346,8 +355,14 @@ def bench_size(n: int, args: argparse.Namespace, results: dict, flush) -> None:
 
     auto = do("ours (auto)", "auto")
     auto_method = (auto or {}).get("method_used", "exact" if n <= EXACT_MAX else "graph")
+    graph_name = "ours (auto)" if auto_method == "graph" else "ours (graph)"
+    exact_name = "ours (auto)" if auto_method == "exact" else "ours (exact)"
     if auto_method != "graph":
         do("ours (graph)", "graph")
+    if n <= args.norepair_max:
+        do("ours (graph, no repair)", "graph-norepair")
+    if auto_method != "exact" and n <= args.exact_ref_max:
+        do("ours (exact)", "exact")
     if n <= args.seed_max:
         need = 3 * 8 * n * n
         avail = mem_available()
@@ -356,14 +371,23 @@ def bench_size(n: int, args: argparse.Namespace, results: dict, flush) -> None:
                 f"seed's method skipped: needs ~{need / GIB:.1f} GiB, {avail / GIB:.1f} GiB available"
             )
         else:
+            do("ours (exact, no cannot-link)", "exact-nocl")
             do("seed's method (sklearn)", "seed")
-    if "ours (graph)" in labels and auto_method == "exact" and "ours (auto)" in labels:
-        ex, gr = labels["ours (auto)"], labels["ours (graph)"]
-        entry["graph_vs_exact"] = {"n": n, "bcubed": bcubed_prf(ex, gr), "pairwise": pairwise_prf(ex, gr)}
-    if "seed's method (sklearn)" in labels and auto_method == "exact" and "ours (auto)" in labels:
-        ex, sd = labels["ours (auto)"], labels["seed's method (sklearn)"]
-        entry["seed_vs_exact"] = {"bcubed": bcubed_prf(ex, sd), "pairwise": pairwise_prf(ex, sd)}
-    if n > EXACT_MAX and args.subsample:
+
+    def agreement(ref: np.ndarray, other: np.ndarray, size: int = n) -> dict:
+        return {"n": size, "bcubed": bcubed_prf(ref, other), "pairwise": pairwise_prf(ref, other)}
+
+    if exact_name in labels:
+        ex = labels[exact_name]
+        for name, key in ((graph_name, "graph_vs_exact"), ("ours (graph, no repair)", "norepair_vs_exact")):
+            if name in labels:
+                entry[key] = agreement(ex, labels[name])
+        seed = labels.get("seed's method (sklearn)")
+        if seed is not None:
+            entry["seed_vs_exact"] = agreement(ex, seed)
+            if "ours (exact, no cannot-link)" in labels:
+                entry["nocl_vs_seed"] = agreement(seed, labels["ours (exact, no cannot-link)"])
+    if exact_name not in labels and n > EXACT_MAX and args.subsample:
         idx = photo_subsample(photo, args.subsample, seed=args.data_seed + 1)
         np.save(data / "subsample.npy", idx)
         st, sp = truth[idx], photo[idx]
@@ -375,11 +399,7 @@ def bench_size(n: int, args: argparse.Namespace, results: dict, flush) -> None:
             if r is not None and "error" not in r:
                 sub[method] = labels[f"subsample: ours ({method})"]
         if len(sub) == 2:
-            entry["graph_vs_exact"] = {
-                "n": len(idx),
-                "bcubed": bcubed_prf(sub["exact"], sub["graph"]),
-                "pairwise": pairwise_prf(sub["exact"], sub["graph"]),
-            }
+            entry["graph_vs_exact"] = agreement(sub["exact"], sub["graph"], len(idx))
         flush()
     for p in data.glob("result-*"):
         p.unlink()
@@ -483,7 +503,7 @@ def targets(results: dict) -> list[str]:
         s = find(e, "seed's method (sklearn)")
         if s is None:
             continue
-        for name in ("ours (auto)", "ours (graph)"):
+        for name in ("ours (auto)", "ours (graph)", "ours (exact, no cannot-link)"):
             o = find(e, name)
             if o is not None:
                 cmp.append((e["n"], name, o["bcubed"][2], s["bcubed"][2]))
@@ -491,6 +511,13 @@ def targets(results: dict) -> list[str]:
         main = [c for c in cmp if c[1] == "ours (auto)"]
         flag = all(o >= s for _, _, o, s in main) if main else None
         detail = "; ".join(f"n={fmt_n(n)} {name} {o:.4f} vs seed {s:.4f}" for n, name, o, s in cmp)
+        below = [n for n, _, o, s in main if o < s]
+        unconstrained = {n: o >= s for n, name, o, s in cmp if name == "ours (exact, no cannot-link)"}
+        if below and all(unconstrained.get(n, False) for n in below):
+            detail += (
+                f". Below at n={', '.join(fmt_n(n) for n in below)} only with cannot-link: there, ours without "
+                "cannot-link is not below the seed's"
+            )
         lines.append("- BCubed F of ours (auto) >= the seed's, same threshold: " + verdict(flag, detail))
     else:
         lines.append("- BCubed F of ours >= the seed's: " + verdict(None, "the seed's method did not run"))
@@ -598,18 +625,27 @@ def render(results: dict) -> str:
             o = find(e, name)
             if s and o:
                 out.append(f"- Speed-up of {name} over the seed's method: {s['seconds'] / o['seconds']:.1f}x.")
-        if "graph_vs_exact" in e:
-            gv = e["graph_vs_exact"]
-            where = "full set" if gv["n"] == e["n"] else f"subsample of {fmt_n(gv['n'])} faces"
-            out.append(
-                f"- Graph vs exact ({where}, exact labels as truth): BCubed P/R/F "
-                f"{gv['bcubed'][0]:.4f}/{gv['bcubed'][1]:.4f}/{gv['bcubed'][2]:.4f}, pairwise F {gv['pairwise'][2]:.4f}."
-            )
+        for key, what in (("graph_vs_exact", "Graph"), ("norepair_vs_exact", "Graph without its repair")):
+            if key in e:
+                gv = e[key]
+                where = "full set" if gv["n"] == e["n"] else f"subsample of {fmt_n(gv['n'])} faces"
+                out.append(
+                    f"- {what} vs exact ({where}, exact labels as truth): BCubed P/R/F "
+                    f"{gv['bcubed'][0]:.4f}/{gv['bcubed'][1]:.4f}/{gv['bcubed'][2]:.4f}, "
+                    f"pairwise F {gv['pairwise'][2]:.4f}."
+                )
         if "seed_vs_exact" in e:
             sv = e["seed_vs_exact"]
             out.append(
                 f"- The seed's method vs ours exact (exact as truth): BCubed F {sv['bcubed'][2]:.4f}, "
-                f"pairwise F {sv['pairwise'][2]:.4f} (differences come from cannot-link)."
+                f"pairwise F {sv['pairwise'][2]:.4f}."
+            )
+        if "nocl_vs_seed" in e:
+            nv = e["nocl_vs_seed"]
+            out.append(
+                "- Ours exact *without* cannot-link (every face its own photo) vs the seed's method (seed as "
+                f"truth): BCubed F {nv['bcubed'][2]:.6f}, pairwise F {nv['pairwise'][2]:.6f}: the same "
+                "unconstrained average-linkage HAC, so any gap between ours (exact) and the seed's is cannot-link."
             )
         out += [f"- {note}" for note in e["notes"]]
         if any(r.get("method") == "seed" and "row blocks" in r.get("method_used", "") for r in e["runs"]):
@@ -655,12 +691,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=0.55)
     ap.add_argument("--k", type=int, default=None, help="kNN degree for the graph path (default: the API's)")
     ap.add_argument("--data-seed", type=int, default=0)
-    ap.add_argument("--subsample", type=int, default=EXACT_MAX, help="graph vs exact subsample above exact_max")
+    ap.add_argument("--subsample", type=int, default=EXACT_MAX, help="graph vs exact subsample above --exact-ref-max")
+    ap.add_argument(
+        "--exact-ref-max",
+        type=int,
+        default=100_000,
+        help="largest n to run the exact path as a reference above exact_max",
+    )
+    ap.add_argument(
+        "--norepair-max", type=int, default=100_000, help="largest n to also run the graph path without its repair"
+    )
     ap.add_argument("--run-timeout", type=float, default=3600.0, help="seconds per run before it is killed")
     ap.add_argument("--wait-idle", type=float, default=0.0, help="wait up to this many seconds for an idle CPU per run")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     ap.add_argument("--work", default=str(REPO / "work" / "bench_cluster"))
-    ap.add_argument("--worker", choices=["auto", "exact", "graph", "seed"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--worker", choices=["auto", "exact", "graph", "seed", "exact-nocl", "graph-norepair"], help=argparse.SUPPRESS
+    )
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--subset", default="", help=argparse.SUPPRESS)

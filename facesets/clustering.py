@@ -23,7 +23,11 @@ One algorithm (``graph_average_linkage``) on two candidate graphs, plus a refere
   search. Identical results to textbook HAC (tested against SciPy on real and synthetic data).
 * ``graph`` (above ``exact_max``): a kNN candidate graph (faiss; IVF above 60k faces) instead,
   so memory stays linear; only the candidate set is approximate, cluster distances stay exact.
-  Quality against exact HAC is measured in benchmarks/.
+  When the graph is exhausted, a *repair* looks for the cluster pairs still under the
+  threshold among the clusters themselves (average-linkage distance = ``1 - m_A·m_B`` of the
+  cluster means, so an inner-product search over means finds them) and HAC goes on over
+  them: no two final clusters are under the threshold, as in exact HAC. Quality against
+  exact HAC is measured in benchmarks/.
 * ``dense``: SciPy's average linkage on the full condensed matrix, cannot-link pairs set to a
   huge distance (Lance–Williams never mixes it into other pairs). The O(n²) reference.
 
@@ -42,7 +46,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 BIG = 1e12  # "infinite" distance for cannot-link pairs in the exact path
-EXACT_MAX = 20_000
+EXACT_MAX = 30_000  # faces; see docs/benchmarks.md (cluster engine) for why
+REPAIR_EXACT_MAX = 250_000  # clusters: above, the graph path's repair searches each one's nearest only
 
 
 # --------------------------------------------------------------------------- helpers
@@ -127,26 +132,30 @@ def dense_average_linkage(emb: np.ndarray, groups: np.ndarray, threshold: float)
 
 
 def epsilon_graph(
-    emb: np.ndarray, threshold: float, max_pairs: int = 60_000_000, block: int = 2048
+    emb: np.ndarray, threshold: float, max_pairs: int = 60_000_000, block: int = 2048, tile: int = 8192
 ) -> np.ndarray | None:
     """Every pair (i, j), i < j, closer than ``threshold`` (exact; blocked BLAS products).
 
-    Only the upper triangle is computed, ``block`` rows at a time (memory ~ block x n floats).
-    Returns None when there are more than ``max_pairs`` such pairs (memory guard).
+    Only the upper triangle is computed, in ``block`` x ``tile`` products (memory ~ 64 MB
+    whatever n). Also works on unnormalised vectors (cluster means): it keeps the pairs whose
+    inner product is above ``1 - threshold``. Returns None when there are more than
+    ``max_pairs`` such pairs (memory guard).
     """
     x = np.ascontiguousarray(emb, dtype=np.float32)
     n = len(x)
     cut = np.float32(1.0 - threshold - 1e-4)  # a small margin: exact distances are recomputed later
     parts, total = [], 0
     for s in range(0, n, block):
-        sims = x[s : s + block] @ x[s:].T
-        rows, cols = np.nonzero(sims > cut)
-        keep = cols > rows  # within the diagonal block, only j > i
-        pairs = np.stack([rows[keep] + s, cols[keep] + s], 1).astype(np.int64)
-        parts.append(pairs)
-        total += len(pairs)
-        if total > max_pairs:
-            return None
+        q = x[s : s + block]
+        for c in range(s, n, tile):
+            rows, cols = np.nonzero(q @ x[c : c + tile].T > cut)
+            rows, cols = rows + s, cols + c
+            keep = cols > rows  # in the tiles on the diagonal, only j > i
+            pairs = np.stack([rows[keep], cols[keep]], 1).astype(np.int64)
+            parts.append(pairs)
+            total += len(pairs)
+            if total > max_pairs:
+                return None
     return np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
 
 
@@ -402,8 +411,66 @@ def _heap_merge(st: _GraphState, threshold: float) -> None:
             heapq.heappush(heap, (dx, x, a, int(version[x]), int(version[a])))
 
 
+def _roots(parent: np.ndarray) -> np.ndarray:
+    root = parent.copy()
+    while True:
+        nxt = root[root]
+        if np.array_equal(nxt, root):
+            return root
+        root = nxt
+
+
+def _cluster_level_candidates(
+    st: _GraphState, threshold: float, cl: np.ndarray, k: int, exact_max: int = REPAIR_EXACT_MAX
+) -> tuple[int, bool]:
+    """Replace the candidates by the cluster pairs under the threshold, found among clusters.
+
+    The average-linkage distance of two clusters is ``1 - m_A·m_B`` with ``m`` the mean
+    (unnormalised) embedding of each, so the pairs under the threshold are the pairs of means
+    whose inner product is above ``1 - threshold``. Up to ``exact_max`` clusters they are all
+    found by the exact blocked search (``epsilon_graph`` on the means; complete; O(C²) products,
+    about a minute for 165k clusters on 2 cores). Above, each cluster's ``k`` nearest clusters
+    by inner product (faiss IVF) are taken: approximate, so the caller repeats the search.
+    This finds the pairs a face-level kNN graph missed (two parts of one identity whose faces
+    are never among each other's k nearest). Pairs that are cannot-linked (a photo in both)
+    are left out. Returns (number of candidate pairs, all under the threshold; whether the
+    search was complete).
+    """
+    n = st.n
+    root = _roots(st.parent)
+    st.parent = root
+    alive = np.flatnonzero(root == np.arange(n))
+    st.edges, st.dist = np.zeros((0, 2), np.int64), np.zeros(0)
+    if len(alive) < 2:
+        return 0, True
+    means = (st.sums[alive] / st.cnt[alive, None]).astype(np.float32)
+    local = epsilon_graph(means, threshold) if len(alive) <= exact_max else None
+    complete = local is not None
+    if local is None:
+        local = knn_graph(means, min(k, len(alive) - 1))
+    edges = _unique_pairs(alive[local], n)
+    dist = _edge_dist(st.sums, st.cnt, edges)
+    edges, dist = edges[dist < threshold], dist[dist < threshold]
+    st.cl_codes = np.zeros(0, np.int64)
+    if len(cl):
+        a, b = root[cl[:, 0]], root[cl[:, 1]]
+        st.cl_codes = _sorted_unique(np.minimum(a, b) * n + np.maximum(a, b))
+        ok = ~np.isin(edges[:, 0] * n + edges[:, 1], st.cl_codes)
+        edges, dist = edges[ok], dist[ok]
+    st.edges, st.dist = edges, dist
+    return len(edges), complete
+
+
 def graph_average_linkage(
-    emb: np.ndarray, groups: np.ndarray, threshold: float, edges: np.ndarray | None = None, k: int = 32
+    emb: np.ndarray,
+    groups: np.ndarray,
+    threshold: float,
+    edges: np.ndarray | None = None,
+    k: int = 32,
+    repair: bool | None = None,
+    repair_k: int = 16,
+    max_repairs: int = 8,
+    repair_exact_max: int = REPAIR_EXACT_MAX,
 ) -> np.ndarray:
     """Average-linkage HAC restricted to a candidate graph (default: kNN), no n×n matrix.
 
@@ -414,10 +481,23 @@ def graph_average_linkage(
     HAC (tested against SciPy); on a kNN graph only the candidate set is approximate.
     Vectorised reciprocal-nearest-neighbour rounds do the bulk of the merges, then a heap
     finishes sequentially.
+
+    ``repair`` (default: on for the kNN graph, off when ``edges`` are given): when the graph
+    is exhausted, the cluster pairs still under the threshold are looked up among the
+    clusters themselves (``_cluster_level_candidates``) and HAC goes on over them, until a
+    search finds none (at most ``max_repairs`` times). The kNN graph misses face pairs, so
+    without this two parts of one identity can stay apart although their average distance is
+    under the threshold; with it, as in exact HAC, no two final clusters are under the
+    threshold. While the cluster search is complete (up to ``repair_exact_max`` clusters) one
+    pass is enough: HAC over every cluster pair under the threshold is exact HAC from there
+    on (same argument as above), so the only approximation left is the order of the merges
+    made on the kNN graph. Above, each cluster's ``repair_k`` nearest clusters are searched.
     """
     n = len(emb)
     if n <= 1:
         return np.zeros(n, np.int64)
+    if repair is None:
+        repair = edges is None
     edges = knn_graph(emb, k) if edges is None else _unique_pairs(np.asarray(edges, np.int64), n)
     sums = np.asarray(emb, np.float64).copy()
     cl = cannot_link_pairs(groups)
@@ -427,13 +507,16 @@ def graph_average_linkage(
     st = _GraphState(sums, np.ones(n, np.float64), np.arange(n), edges, _edge_dist(sums, np.ones(n), edges), cl_codes)
     _rnn_rounds(st, threshold)
     _heap_merge(st, threshold)
-    root = st.parent.copy()
-    while True:
-        nxt = root[root]
-        if np.array_equal(nxt, root):
+    for _ in range(max_repairs if repair else 0):
+        found, complete = _cluster_level_candidates(st, threshold, cl, repair_k, repair_exact_max)
+        log.debug("cluster: repair pass, %d cluster pairs under %.3f", found, threshold)
+        if not found:
             break
-        root = nxt
-    return root
+        _rnn_rounds(st, threshold)
+        _heap_merge(st, threshold)
+        if complete:
+            break
+    return _roots(st.parent)
 
 
 # --------------------------------------------------------------------------- public API
@@ -457,8 +540,14 @@ def cluster_faces(
     method: str = "auto",
     exact_max: int = EXACT_MAX,
     k: int = 32,
+    repair: bool = True,
 ) -> ClusterResult:
-    """Average-linkage clusters of faces, cannot-link within a photo; row order does not matter."""
+    """Average-linkage clusters of faces, cannot-link within a photo; row order does not matter.
+
+    ``method``: auto (exact up to ``exact_max`` faces, else graph), exact, graph (kNN graph
+    with ``k`` neighbours per face, then the cluster-level repair unless ``repair`` is False;
+    see ``graph_average_linkage``) or dense (SciPy reference, O(n²)).
+    """
     keys = np.asarray(keys, dtype=object).astype(str)
     n = len(keys)
     if n == 0:
@@ -476,7 +565,7 @@ def cluster_faces(
     if method == "exact":
         lab = graph_average_linkage(x, g, threshold, edges=edges)
     elif method == "graph":
-        lab = graph_average_linkage(x, g, threshold, k=k)
+        lab = graph_average_linkage(x, g, threshold, k=k, repair=repair)
     elif method == "dense":
         lab = dense_average_linkage(x, g, threshold)
     else:

@@ -87,6 +87,76 @@ def test_scalable_path_quality_close_to_exact():
     assert f > 0.98, (p, r, f)
 
 
+def _pairs_under_threshold(emb, labels, photos, t) -> int:
+    """Pairs of final clusters whose average-linkage distance is under ``t`` and that share no photo."""
+    x = C.normalize(emb).astype(np.float64)
+    labels = np.unique(labels, return_inverse=True)[1]
+    k = int(labels.max()) + 1
+    sums = np.zeros((k, x.shape[1]))
+    np.add.at(sums, labels, x)
+    cnt = np.bincount(labels, minlength=k).astype(np.float64)
+    d = 1.0 - (sums @ sums.T) / np.outer(cnt, cnt)
+    g = C.group_ids(photos)
+    shares = np.zeros((k, k), bool)
+    for p in np.unique(g):
+        c = np.unique(labels[g == p])
+        shares[np.ix_(c, c)] = True
+    ii, jj = np.triu_indices(k, 1)
+    return int(((d[ii, jj] < t) & ~shares[ii, jj]).sum())
+
+
+def _graph_labels(s, t, **kw):
+    x, g = C.normalize(s.emb), C.group_ids(s.photo)  # synthetic rows are sorted by key already
+    return C.graph_average_linkage(x, g, t, **kw)
+
+
+@pytest.mark.parametrize("repair_exact_max", [C.REPAIR_EXACT_MAX, 0])  # complete search / kNN over clusters
+def test_graph_repair_leaves_no_cluster_pair_under_the_threshold(repair_exact_max):
+    """A sparse kNN graph (k=4) strands parts of identities; the repair finds them among clusters."""
+    from facesets.metrics import bcubed_prf
+
+    s = synthetic_faces(4000, seed=13)
+    t = 0.55
+    exact = C.cluster_faces(s.keys, s.emb, s.photo, t, method="exact").labels
+    assert _pairs_under_threshold(s.emb, exact, s.photo, t) == 0  # what exact HAC guarantees
+    bare = _graph_labels(s, t, k=4, repair=False)
+    assert _pairs_under_threshold(s.emb, bare, s.photo, t) > 10  # the gap the repair closes
+    fixed = _graph_labels(s, t, k=4, repair_exact_max=repair_exact_max)
+    assert _pairs_under_threshold(s.emb, fixed, s.photo, t) == 0
+    f_bare, f_fixed = bcubed_prf(exact, bare)[2], bcubed_prf(exact, fixed)[2]
+    assert f_fixed > 0.99 and f_fixed > f_bare + 0.02, (f_bare, f_fixed)
+    for p in np.unique(s.photo):  # cannot-link still holds
+        lab = fixed[s.photo == p]
+        assert len(lab) == len(set(lab.tolist()))
+
+
+def test_repair_changes_nothing_on_the_complete_graph():
+    s = synthetic_faces(600, seed=5)
+    x, g = C.normalize(s.emb), C.group_ids(s.photo)
+    full = np.array(np.triu_indices(len(x), 1)).T
+    plain = C.graph_average_linkage(x, g, 0.55, edges=full)
+    repaired = C.graph_average_linkage(x, g, 0.55, edges=full, repair=True)
+    assert np.array_equal(plain, repaired)
+
+
+def test_auto_above_exact_max_takes_the_graph_path_close_to_exact():
+    """Just above ``exact_max`` (here a small one) auto switches to the kNN graph + repair.
+
+    k=8 makes the kNN graph miss many pairs (BCubed F 0.964 vs exact without the repair).
+    """
+    from facesets.metrics import bcubed_prf
+
+    s = synthetic_faces(6000, seed=17)
+    exact = C.cluster_faces(s.keys, s.emb, s.photo, 0.55, method="exact").labels
+    auto = C.cluster_faces(s.keys, s.emb, s.photo, 0.55, exact_max=5000, k=8)
+    assert auto.method == "graph"
+    assert _pairs_under_threshold(s.emb, auto.labels, s.photo, 0.55) == 0
+    assert bcubed_prf(exact, auto.labels)[2] > 0.995
+    perm = np.random.default_rng(2).permutation(len(s))
+    again = C.cluster_faces(s.keys[perm], s.emb[perm], s.photo[perm], 0.55, exact_max=5000, k=8).labels
+    assert np.array_equal(again, auto.labels[perm])  # same clusters and numbers in any row order
+
+
 def test_centroids_are_renormalised():
     emb = C.normalize(np.array([[1, 0], [0, 1], [1, 1]], np.float32))
     c = C.centroids(emb, np.array([0, 0, 1]))
