@@ -468,6 +468,7 @@ class Fault:
     delay_s: float = 2.0
     seen: int = 0
     fired: int = 0
+    fired_on: list[str] = field(default_factory=list)  # the request paths it affected
 
 
 @dataclass
@@ -619,6 +620,7 @@ class FakeImmich:
                     f.seen += 1
                     if f.seen > f.after:
                         f.fired += 1
+                        f.fired_on.append(path)
                         return f
         return None
 

@@ -174,7 +174,11 @@ def test_faults_do_not_change_the_result(library, tmp_path):
     assert all(f.fired == f.count for f in faults)
     assert faulty.outcome == "complete" and staged(tmp_path / "faulty") == staged(tmp_path / "clean")
     assert faulty.request_retries == 6 + 3 + 2 + 2 and faulty.rate_limited == 3
-    assert faulty.checksum_mismatches > clean.checksum_mismatches
+    # Each corrupted download is caught by the checksum; a corruption that lands on the asset
+    # whose checksum never matches anyway (workers race for the order) adds no mismatch.
+    bad = next(a for a in library if a.checksum_override)
+    corrupted = [p for p in faults[3].fired_on if bad.id not in p]
+    assert faulty.checksum_mismatches == clean.checksum_mismatches + len(corrupted)
     assert clean.request_retries == 0
 
 
