@@ -1034,3 +1034,15 @@ def small_photo_set(demo_photos: Path | None, dev_faces: Path | None, every: int
     demo = photo_files(demo_photos, None)
     files = demo[::every] + [p for p in demo if p.name == "t1.jpg" and p not in demo[::every]]
     return files + photo_files(None, dev_faces)
+
+
+def assets_for_tests(analyzer: Any, demo_photos: Path, dev_faces: Path | None, every: int = 5) -> list[FakeAsset]:
+    """The fake server's library for a test module; skips (pytest) without the OpenAPI spec."""
+    import pytest
+
+    try:
+        spec_path()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    dev = dev_faces if dev_faces is not None and (dev_faces / "labels.csv").exists() else None
+    return build_assets(standard_specs(small_photo_set(demo_photos, dev, every=every)), detection_cache(analyzer))

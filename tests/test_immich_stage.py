@@ -20,12 +20,8 @@ from tests.fake_immich import (
     FakeAsset,
     FakeImmich,
     Fault,
-    build_assets,
+    assets_for_tests,
     default_users,
-    detection_cache,
-    small_photo_set,
-    spec_path,
-    standard_specs,
 )
 
 INCLUDE = ("**/*.jpg", "**/*.jpeg", "**/*.png")
@@ -34,12 +30,7 @@ EXCLUDE = ("**/@eaDir/**", "**/thumbs/**", "**/encoded-video/**")
 
 @pytest.fixture(scope="module")
 def library(opencv_analyzer, demo_photos):
-    try:
-        spec_path()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    dev = DEV_FACES if (DEV_FACES / "labels.csv").exists() else None  # optional extra photos
-    return build_assets(standard_specs(small_photo_set(demo_photos, dev)), detection_cache(opencv_analyzer))
+    return assets_for_tests(opencv_analyzer, demo_photos, DEV_FACES)
 
 
 def clients_for(srv: FakeImmich, users=("alice", "bob"), **over) -> list[ImmichClient]:

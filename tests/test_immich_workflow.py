@@ -16,12 +16,8 @@ from facesets.immich.stage import StageOptions, stage_immich
 from tests.conftest import DEV_FACES, run_snakemake
 from tests.fake_immich import (
     FakeImmich,
-    build_assets,
+    assets_for_tests,
     default_users,
-    detection_cache,
-    small_photo_set,
-    spec_path,
-    standard_specs,
 )
 
 pytestmark = pytest.mark.slow
@@ -30,12 +26,7 @@ KEYS = ("IMMICH_KEY_ALICE", "IMMICH_KEY_BOB")
 
 @pytest.fixture(scope="module")
 def library(opencv_analyzer, demo_photos):
-    try:
-        spec_path()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    dev = DEV_FACES if (DEV_FACES / "labels.csv").exists() else None  # optional extra photos
-    return build_assets(standard_specs(small_photo_set(demo_photos, dev, every=10)), detection_cache(opencv_analyzer))
+    return assets_for_tests(opencv_analyzer, demo_photos, DEV_FACES, every=10)
 
 
 def write_config(tmp: Path, model_dir: Path, **immich) -> Path:
