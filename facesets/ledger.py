@@ -179,7 +179,13 @@ def _overlap_owner(crops: Sequence[Mapping[str, Any]], owner: Mapping[str, int])
     return best if 2 * counts[best] >= len(crops) else None
 
 
-def match(ledger: Ledger, p: Proposal, match_threshold: float, resolved: Mapping[str, int]) -> int | None:
+def match(
+    ledger: Ledger,
+    p: Proposal,
+    match_threshold: float,
+    resolved: Mapping[str, int],
+    owner: Mapping[str, int] | None = None,
+) -> int | None:
     """The number of the existing identity this proposal belongs to, or None for a new one.
 
     Order of evidence: an explicit route (mixed sources), the hand-sorted label, the faces it
@@ -203,7 +209,7 @@ def match(ledger: Ledger, p: Proposal, match_threshold: float, resolved: Mapping
             if ident.kind == "identities" and ident.label == p.label:
                 return ident.number
         return None  # hand-sorted folders never merge into discovered identities
-    hit = _overlap_owner(p.crops, ledger.owner())
+    hit = _overlap_owner(p.crops, ledger.owner() if owner is None else owner)
     if hit is not None:
         return hit
     return _nearest([i for i in ledger.identities if i.kind != "era"], p, match_threshold)
@@ -240,16 +246,23 @@ def unique_name(ledger: Ledger, wanted: str) -> str:
     return f"{wanted}_{k}"
 
 
-def apply(ledger: Ledger, p: Proposal, number: int | None, embeddings: Mapping[str, np.ndarray]) -> MergeChange | None:
+def apply(
+    ledger: Ledger,
+    p: Proposal,
+    number: int | None,
+    embeddings: Mapping[str, np.ndarray],
+    owner: dict[str, int] | None = None,
+) -> MergeChange | None:
     """Add the proposal's new faces to identity ``number`` (or to a new identity).
 
+    ``owner`` (``ledger.owner()``, kept up to date here) saves rebuilding it per proposal.
     Faces that already belong to any identity stay where they are (members never move); a
     face whose photo already has another face in the identity is skipped (cannot-link). A new
     identity is only created when at least one face is left for it; returns None otherwise.
     """
     if p.kind == "era":  # an era shares its faces with its parent, not with its sibling eras
         owner = {k: i.number for i in ledger.identities if i.kind == "era" and i.parent == p.parent for k in i.members}
-    else:
+    elif owner is None:
         owner = ledger.owner()
     ident = ledger.by_number(number) if number is not None else None
     photos = ident.photos() if ident is not None else set()
@@ -275,6 +288,7 @@ def apply(ledger: Ledger, p: Proposal, number: int | None, embeddings: Mapping[s
         ledger.identities.append(ident)
     for c in fresh:
         key = c["face_key"]
+        owner[key] = ident.number
         ident.members[key] = Member(
             source=p.source, sha256=c["sha256"], path=c.get("source_path", ""), score=float(c["score"]), crop=c["file"]
         )

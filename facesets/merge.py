@@ -218,20 +218,22 @@ def merge_batches(
     changes: list[L.MergeChange] = []
     resolved: dict[str, int] = {}
     parents = parents or {}
+    changed = [b for b in batches if ledger.batches.get(b.source, {}).get("digest") != b.digest]
+    props_of = {b.source: _proposals(b, parents.get(b.source)) for b in changed}
+    keys = {c["face_key"] for props in props_of.values() for p in props for c in p.crops}
+    emb = load_embeddings(face_tables, keys) if keys else {}  # one read of the face tables
+    owner = ledger.owner()
     for b in batches:
-        prev = ledger.batches.get(b.source, {})
-        if prev.get("digest") == b.digest:
+        if b.source not in props_of:
+            prev = ledger.batches.get(b.source, {})
             resolved.update({f"{b.source}/{n}": v for n, v in prev.get("entries", {}).items()})
             log.info("manifest-merge: %s unchanged since the last merge", b.source)
             continue
-        props = _proposals(b, parents.get(b.source))
-        keys = {c["face_key"] for p in props for c in p.crops}
-        emb = load_embeddings(face_tables, keys)
         entries: dict[str, int] = {}
-        for p in props:
+        for p in props_of[b.source]:
             thr = settings.match_threshold if settings.match_threshold is not None else for_model(p.model_id).match
-            number = L.match(ledger, p, thr, resolved)
-            ch = L.apply(ledger, p, number, emb)
+            number = L.match(ledger, p, thr, resolved, owner)
+            ch = L.apply(ledger, p, number, emb, owner)
             if ch is None:
                 continue
             entries[p.name] = ch.number
