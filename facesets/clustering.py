@@ -681,13 +681,18 @@ def nearest_identity(
         if cols.any():
             d_id[:, j] = d_proto[:, cols].min(1)
     g = np.asarray(groups, dtype=object).astype(str)
-    taken = set(taken or ())
-    for photo in np.unique(g):
-        rows = np.flatnonzero(g == photo)
+    blocked: dict[str, list[int]] = {}
+    for photo, j in taken or ():
+        if 0 <= j < n_ids:
+            blocked.setdefault(photo, []).append(j)
+    order = np.argsort(g, kind="stable")  # rows grouped by photo in one pass (no per-photo scan)
+    gs = g[order]
+    starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
+    for s, e in zip(starts, np.r_[starts[1:], n], strict=True):
+        rows = order[s:e]
         sub = d_id[rows].copy()
-        for j in range(n_ids):
-            if (photo, j) in taken:
-                sub[:, j] = np.inf
+        if gs[s] in blocked:
+            sub[:, blocked[gs[s]]] = np.inf
         while True:
             r, c = np.unravel_index(np.argmin(sub), sub.shape)
             if not np.isfinite(sub[r, c]) or sub[r, c] >= threshold:
