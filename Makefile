@@ -1,10 +1,10 @@
 # The two commands: `make demo` and `make test` (both set themselves up).
 .PHONY: setup demo test lint
 setup:
-	bash tools/setup.sh
+	bash scripts/setup.sh
 demo:
-	bash tools/demo.sh
+	bash scripts/demo.sh
 test:
-	bash tools/test.sh
+	bash scripts/test.sh
 lint:
 	.venv/bin/ruff check . && .venv/bin/snakemake --lint

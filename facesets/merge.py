@@ -62,7 +62,8 @@ def read_export(source: str, export_dir: Path) -> ExportBatch:
         manifest = json.loads(raw)
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the export manifest of source {source!r}: {exc}") from None
-    return ExportBatch(source, Path(export_dir), manifest, hashlib.sha256(raw).hexdigest())
+    # absolute: members point at the export until their crop is copied into the library
+    return ExportBatch(source, Path(export_dir).resolve(), manifest, hashlib.sha256(raw).hexdigest())
 
 
 def load_embeddings(face_tables: Sequence[Path], keys: set[str]) -> dict[str, np.ndarray]:

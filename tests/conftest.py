@@ -18,7 +18,7 @@ VENV_BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
-    """The opencv backend's models (fetched by tools/setup.sh; fetched here if missing)."""
+    """The opencv backend's models (fetched by scripts/setup.sh; fetched here if missing)."""
     from facesets.models import ensure_opencv_models
 
     d = REPO / "work" / "models"

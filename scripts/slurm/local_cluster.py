@@ -1,7 +1,7 @@
-"""A throw-away single-node Slurm cluster in a temp folder (for tests/test_slurm.py).
+"""A throw-away single-node Slurm cluster in a temp folder (for tests/workflow/test_slurm.py).
 
-    python tools/slurm/local_cluster.py start DIR   # prints the cluster facts as JSON
-    python tools/slurm/local_cluster.py stop DIR
+    python scripts/slurm/local_cluster.py start DIR   # prints the cluster facts as JSON
+    python scripts/slurm/local_cluster.py stop DIR
 
 Everything lives under DIR: its own munged (key, socket), slurm.conf, state, spool, logs
 and pid files, and free TCP ports, so it leaves a system munged alone. Clients find it
@@ -17,7 +17,7 @@ Job accounting is real, so ``sacct`` answers (and snakemake-executor-plugin-slur
 default status command): a private MariaDB server (data folder, socket and a free TCP port under
 DIR) behind ``slurmdbd``. Completed jobs are also logged by ``jobcomp/filetxt`` in
 ``DIR/log/jobcomp.txt``. Needs root (slurmd runs jobs as their owner) and the packages of
-tools/slurm/install.sh.
+scripts/slurm/install.sh.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _free_port() -> int:
 def _find(binary: str) -> str:
     path = shutil.which(binary) or (f"/usr/sbin/{binary}" if os.access(f"/usr/sbin/{binary}", os.X_OK) else None)
     if not path:
-        raise ClusterError(f"{binary} not found (run tools/slurm/install.sh as root)")
+        raise ClusterError(f"{binary} not found (run scripts/slurm/install.sh as root)")
     return path
 
 

@@ -5,7 +5,7 @@ files exactly as from a downloaded pack, so insightface's own ``FaceAnalysis`` l
 its ``model_zoo`` routes the files by their shapes (SCRFD detector, ArcFaceONNX
 recognizer), its SCRFD code resizes, normalises and decodes the detector's outputs, and
 its ArcFaceONNX code aligns (``norm_crop``) and preprocesses the crops. The models
-(tests/onnx_models.py) compute known functions: the detector fires on bright squares
+(tests/support/onnx_models.py) compute known functions: the detector fires on bright squares
 centred on its stride-32 anchor points, with the box being that square and the keypoints
 the ArcFace template inside it; the recognizer is a fixed random linear map. So the
 tests can assert real numbers: boxes and keypoints in image pixels (also through the
@@ -29,7 +29,7 @@ from facesets import imageio, schema
 from facesets.embed import EmbedOptions, embed_listing, sidecar_paths
 from facesets.listing import stage_source
 from facesets.store import FaceStore
-from tests import onnx_models as om
+from tests.support import onnx_models as om
 
 pytestmark = pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")  # skimage, inside norm_crop
 

@@ -20,7 +20,7 @@ the stage step uses, straight from Immich's OpenAPI spec.
   (``duration`` as "H:MM:SS.fffff", ``people`` with faces, ``unassignedFaces``), validated
   against the v3.1 schemas patched with exactly those differences.
 
-Importable by the benchmark: ``from tests.fake_immich import FakeImmich, build_library``.
+Importable by the benchmark: ``from tests.support.fake_immich import FakeImmich, build_library``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SPEC_PATH = REPO.parent / "shared" / "reference" / "immich-openapi-v3.1.0.json"
 SPEC_COPY = Path(__file__).resolve().parent / "data" / "immich-openapi-v3.1.0.json"
 ALL_PERMISSIONS = frozenset({"all"})

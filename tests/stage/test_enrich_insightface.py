@@ -19,8 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from facesets import pose, schema
 from facesets.enrich import EnrichOptions, enrich_table, load_quality
-from tests.onnx_models import IR_VERSION, OPSET, write_arcface, write_scrfd
-from tests.test_enrich import _embed
+from tests.stage.test_enrich import _embed
+from tests.support.onnx_models import IR_VERSION, OPSET, write_arcface, write_scrfd
 
 ANGLES = (12.0, -25.0, 8.0)  # pitch, yaw, roll the tiny landmark_3d_68 model reports for every face
 SPREAD = 0.6  # mean face scale in the model's normalised crop coordinates ([-1, 1] = the 192-px crop)

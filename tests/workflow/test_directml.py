@@ -27,7 +27,7 @@ DISTRO = "TestDistro"
 DML = "DmlExecutionProvider,CPUExecutionProvider"
 
 STAND_IN = r'''#!{python}
-"""Stand-in for a Windows python.exe started from WSL (tests/test_directml.py)."""
+"""Stand-in for a Windows python.exe started from WSL (tests/workflow/test_directml.py)."""
 import json
 import os
 import re
@@ -174,7 +174,7 @@ def test_a_missing_windows_python_fails_the_job_clearly(sample_photos, model_dir
 def test_link_profiles_links_every_profile(tmp_path):
     env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "cfg"), HOME=str(tmp_path))
     proc = subprocess.run(
-        [str(VENV_BIN / "python"), str(REPO / "tools" / "link_profiles.py")], env=env, capture_output=True, text=True
+        [str(VENV_BIN / "python"), str(REPO / "scripts" / "link_profiles.py")], env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     for name in ("wsl", "directml", "slurm"):

@@ -2,7 +2,7 @@
 # The demo: set up, run the workflow on the demo photos, print the summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/setup.sh
+bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 snakemake --profile wsl all
 echo

@@ -35,7 +35,7 @@ def find_face_photo() -> Path | None:
         p = Path(spec.origin).parent / "data" / "images" / "t1.jpg"
         if p.is_file():
             return p
-    p = Path(__file__).resolve().parent.parent / "data" / "demo" / "photos" / "insightface" / "t1.jpg"
+    p = Path(__file__).resolve().parents[2] / "data" / "demo" / "photos" / "insightface" / "t1.jpg"
     return p if p.is_file() else None
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from facesets import ledger as L
 from tests.conftest import run_snakemake
-from tests.test_era import MODEL, member_keys, two_era_library, write_inputs
+from tests.unit.test_era import MODEL, member_keys, two_era_library, write_inputs
 
 pytestmark = pytest.mark.slow  # runs snakemake three times
 

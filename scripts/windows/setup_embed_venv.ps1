@@ -6,7 +6,7 @@
 .DESCRIPTION
     Run it in PowerShell on the Windows host (not inside WSL), from the WSL checkout, e.g.
 
-        powershell -ExecutionPolicy Bypass -File \\wsl.localhost\Debian\home\me\face-sets\tools\windows\setup_embed_venv.ps1
+        powershell -ExecutionPolicy Bypass -File \\wsl.localhost\Debian\home\me\face-sets\scripts\windows\setup_embed_venv.ps1
 
     It is idempotent (rerun it after requirements.lock changes):
       1. creates the venv (default C:\face_embed_venv) with Python 3.11+ (the `py` launcher if present);

@@ -16,7 +16,7 @@ from facesets.immich.client import CircuitBreaker, ClientOptions, ClientStats, I
 from facesets.immich.stage import StageOptions, format_report, stage_immich
 from facesets.store import FaceStore
 from tests.conftest import DEV_FACES
-from tests.fake_immich import (
+from tests.support.fake_immich import (
     FakeAsset,
     FakeImmich,
     Fault,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install Debian's Slurm (slurmctld + slurmd + slurmdbd + client tools), munge and MariaDB
 # (the accounting database behind slurmdbd, so sacct works) for the local single-node test
-# cluster (tools/slurm/local_cluster.py, tests/test_slurm.py). Idempotent: does nothing when
+# cluster (scripts/slurm/local_cluster.py, tests/workflow/test_slurm.py). Idempotent: does nothing when
 # the binaries are there. Needs root and apt-get; exits 3 (and says why) otherwise, so callers
 # can skip instead of failing.
 set -euo pipefail

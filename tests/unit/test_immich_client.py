@@ -22,7 +22,7 @@ from facesets.immich.client import (
     ImmichTransientError,
 )
 from facesets.immich.models import parse_faces, parse_search_page
-from tests.fake_immich import (
+from tests.support.fake_immich import (
     FakeImmich,
     Fault,
     PhotoSpec,

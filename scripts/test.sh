@@ -3,11 +3,11 @@
 # lint). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/setup.sh
-# The real-Slurm test (tests/test_slurm.py) needs Debian's slurm-wlm + slurmdbd + munge + MariaDB:
+bash scripts/setup.sh
+# The real-Slurm test (tests/workflow/test_slurm.py) needs Debian's slurm-wlm + slurmdbd + munge + MariaDB:
 # installed here when we are root with apt-get; otherwise (or if that fails) the test skips.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    bash tools/slurm/install.sh || echo "test: Slurm install failed; the slurm test will skip" >&2
+    bash scripts/slurm/install.sh || echo "test: Slurm install failed; the slurm test will skip" >&2
 fi
 export PATH="$PWD/.venv/bin:$PATH"
 exec python -m pytest "$@"

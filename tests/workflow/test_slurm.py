@@ -1,11 +1,11 @@
 """profiles/slurm against a real single-node Slurm (Debian's slurm-wlm) started for the test.
 
-tools/slurm/local_cluster.py starts munged, MariaDB + slurmdbd (so sacct answers),
+scripts/slurm/local_cluster.py starts munged, MariaDB + slurmdbd (so sacct answers),
 slurmctld and slurmd in a temp folder; the workflow runs with profiles/slurm adjusted for
 that node (no GPU there, small memory and thread requests, quick status checks) through
 snakemake-executor-plugin-slurm; sacct must list every job with its rule and partition
 (embed shards on `gpu`, the rest on `cpu`); the face table and the raw clusters must equal
-a local run's. Skips with the reason when Slurm is not installed (tools/slurm/install.sh,
+a local run's. Skips with the reason when Slurm is not installed (scripts/slurm/install.sh,
 run by `make test` as root) or cannot start here.
 """
 
@@ -28,7 +28,7 @@ from tests.conftest import REPO, VENV_BIN, run_snakemake, write_workflow_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
-CLUSTER = REPO / "tools" / "slurm" / "local_cluster.py"
+CLUSTER = REPO / "scripts" / "slurm" / "local_cluster.py"
 TOOLS = ("slurmctld", "slurmd", "slurmdbd", "sbatch", "sacct", "munged", "mariadbd")
 
 
@@ -36,7 +36,7 @@ TOOLS = ("slurmctld", "slurmd", "slurmdbd", "sbatch", "sacct", "munged", "mariad
 def slurm(tmp_path_factory):
     missing = [t for t in TOOLS if not (shutil.which(t) or os.access(f"/usr/sbin/{t}", os.X_OK))]
     if missing:
-        pytest.skip(f"Slurm not installed ({', '.join(missing)} missing): run tools/slurm/install.sh as root")
+        pytest.skip(f"Slurm not installed ({', '.join(missing)} missing): run scripts/slurm/install.sh as root")
     if os.geteuid() != 0:
         pytest.skip("the local Slurm cluster needs root (slurmd runs jobs as their owner)")
     root = tmp_path_factory.mktemp("slurm")

@@ -15,7 +15,7 @@ from facesets import schema
 from facesets.dedup import DedupOptions, groups_of, image_groups, phash, run_dedup, trim_borders
 from facesets.listing import group, scan
 from tests.conftest import REPO, VENV_BIN
-from tests.test_enrich import _embed
+from tests.stage.test_enrich import _embed
 
 INCLUDE = ["**/*.jpg", "**/*.jpeg", "**/*.png"]
 

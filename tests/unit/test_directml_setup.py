@@ -1,4 +1,4 @@
-"""tools/windows/setup_embed_venv.ps1 installs what `facesets embed` imports (checked on Linux)."""
+"""scripts/windows/setup_embed_venv.ps1 installs what `facesets embed` imports (checked on Linux)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from packaging.utils import canonicalize_name
 
 from tests.conftest import REPO
 
-SCRIPT = REPO / "tools" / "windows" / "setup_embed_venv.ps1"
+SCRIPT = REPO / "scripts" / "windows" / "setup_embed_venv.ps1"
 # Imported when present, not needed: pyarrow uses cloudpickle if installed (else pickle);
 # setuptools' _distutils_hack comes from a .pth file every venv has.
 OPTIONAL = {"cloudpickle", "setuptools"}

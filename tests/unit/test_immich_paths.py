@@ -19,7 +19,7 @@ from facesets.immich.paths import (
     path_under,
     safe_relpath,
 )
-from tests.fake_immich import HOSTILE_PATHS
+from tests.support.fake_immich import HOSTILE_PATHS
 
 HOSTILE = [
     *HOSTILE_PATHS,

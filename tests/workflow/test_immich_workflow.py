@@ -14,7 +14,7 @@ from facesets.config import load_workflow_config
 from facesets.immich.client import CircuitBreaker, ClientOptions, ClientStats, ImmichClient
 from facesets.immich.stage import StageOptions, stage_immich
 from tests.conftest import DEV_FACES, run_snakemake
-from tests.fake_immich import (
+from tests.support.fake_immich import (
     FakeImmich,
     assets_for_tests,
     default_users,

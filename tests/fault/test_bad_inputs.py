@@ -1,6 +1,6 @@
 """Bad files never stop a run; every image gets exactly one record; EXIF orientation holds.
 
-The corpus (tests/corpus.py) is built from insightface's sample group photo ``t1.jpg``
+The corpus (tests/support/corpus.py) is built from insightface's sample group photo ``t1.jpg``
 (six faces), which ships inside the installed ``insightface`` package.
 """
 
@@ -27,7 +27,7 @@ from facesets.config import load_schema, validate
 from facesets.embed import EmbedOptions, embed_listing, sidecar_paths
 from facesets.listing import stage_source
 from facesets.store import FaceStore
-from tests.corpus import (
+from tests.support.corpus import (
     HUGE_SIDE_JPEG,
     HUGE_SIDE_PNG,
     SPACES_NAME,
@@ -40,7 +40,7 @@ from tests.corpus import (
     unlock,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / "work" / "models"
 MODEL_FILES = ("face_detection_yunet_2023mar.onnx", "face_recognition_sface_2021dec.onnx")
 STAGE_TIMEOUT_S = 60  # a symlink loop that is not cut would never finish
