@@ -2,7 +2,7 @@
 
     python benchmarks/bench_immich.py [--latency-ms 50] [--workers 8] [--out docs/benchmarks.md]
 
-The local Immich (tests/fake_immich.py: spec-validated endpoints, real photos from the demo
+The local Immich (tests/support/fake_immich.py: spec-validated endpoints, real photos from the demo
 set and ../shared/datasets/dev-faces, face boxes from YuNet in preview space) runs in its own
 process with ``--latency-ms`` added to every request, so its CPU work does not share the
 client's interpreter. The same full staging (enumerate, faces per asset, prefilter, download,
@@ -36,7 +36,7 @@ EXCLUDE = ("**/@eaDir/**", "**/thumbs/**", "**/encoded-video/**")
 
 
 def _serve(assets, users, latency_s: float, conn) -> None:
-    from tests.fake_immich import FakeImmich
+    from tests.support.fake_immich import FakeImmich
 
     with FakeImmich(assets, users, latency_s=latency_s) as srv:
         conn.send(srv.url)
@@ -47,7 +47,7 @@ def _serve(assets, users, latency_s: float, conn) -> None:
 def build(model_dir: Path):
     from facesets.analyzers import create_analyzer
     from facesets.config import load_schema, validate
-    from tests.fake_immich import build_assets, default_users, detection_cache, photo_files, standard_specs
+    from tests.support.fake_immich import build_assets, default_users, detection_cache, photo_files, standard_specs
 
     embed = validate({}, load_schema("config")["properties"]["embed"], "bench")
     analyzer = create_analyzer("opencv", embed, model_dir=model_dir)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"- Date: {report.utc_date()}",
                 f"- Machine: {m['cpu']}; {m['cores']}; {m['ram']} RAM; {m['os']}; Python {m['python']}",
                 f"- Command: `{cmd}`",
-                f"- Server: the local Immich (`tests/fake_immich.py`) in its own process, +{args.latency_ms:g} ms on "
+                f"- Server: the local Immich (`tests/support/fake_immich.py`) in its own process, +{args.latency_ms:g} ms on "
                 f"every request, {len(assets)} assets of 2 users (demo photos + dev-faces, real YuNet boxes in a "
                 f"720 px preview space), every request and response validated against the OpenAPI spec "
                 f"({len(violations)} violations in {n_requests} requests).",

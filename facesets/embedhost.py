@@ -8,7 +8,7 @@
 The rule (rules/embed.smk) gets all of it from :meth:`EmbedHost.job_args` through a param
 function of the job's input and output. Snakemake does not record such derived params as
 rerun triggers (the files they derive from are tracked as input/output), so switching hosts
-reruns nothing; tests/test_directml.py checks it.
+reruns nothing; tests/workflow/test_directml.py checks it.
 """
 
 from __future__ import annotations
