@@ -53,6 +53,7 @@ HASH_VERSION = 1
 GRID = 8
 TRIM_TOLERANCE = 12  # grey levels: a border row/column this flat is padding
 CELL_RMS_SCALE = 32.0  # grey levels: a cell also scores 1 - rms/32 (0.5 at 16 levels rms: a flat cell passes)
+MIN_SCALE2 = 1e-4  # |det| of a b -> a transform below this shrinks b to nothing: not an alignment
 HASH_SCHEMA = pa.schema([("sha256", pa.string()), ("phash", pa.int64()), ("error", pa.string())])
 
 
@@ -77,6 +78,7 @@ class DedupStats:
     hashed: int = 0  # photos hashed this run (the rest came from the cache)
     candidates: int = 0
     verified: int = 0
+    failed_pairs: int = 0  # pairs whose verification raised: reported in the document, skipped
     near_duplicate_groups: int = 0
     near_duplicate_images: int = 0
     seconds: float = 0.0
@@ -159,9 +161,9 @@ def compare_aligned(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> tuple[float,
     mask = cv2.warpAffine(np.full(b.shape, 255, np.uint8), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
     mask = cv2.erode(mask, np.ones((5, 5), np.uint8)) > 0
     area = float(mask.sum())
-    if area < 256:
-        return (0.0, 0.0), 0.0, 0.0
     scale2 = abs(float(np.linalg.det(m[:, :2])))
+    if area < 256 or not math.isfinite(scale2) or scale2 < MIN_SCALE2:
+        return (0.0, 0.0), 0.0, 0.0  # no common area, or a degenerate transform (b collapsed to a line)
     shares = (min(1.0, area / a.size), min(1.0, area / (scale2 * b.size)))
     # compare at the coarser of the two resolutions: blur away resampling/compression detail
     af = cv2.GaussianBlur(a.astype(np.float32), (0, 0), 1.2)
@@ -184,9 +186,12 @@ def compare_aligned(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> tuple[float,
 
 
 _ORB_FEATURES = 2000
+_ORB_MIN_SIDE = 64  # ORB's pyramid (8 levels, 1.2x) and 31 px patches: smaller images give no features
 
 
 def _orb_transform(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray | None, int]:
+    if min(*a.shape, *b.shape) < _ORB_MIN_SIDE:
+        return None, 0  # cv2 asserts on a pyramid level of 0 pixels (a 30000x8 strip, a 1x1 image)
     orb = cv2.ORB_create(_ORB_FEATURES)
     ka, da = orb.detectAndCompute(a, None)
     kb, db = orb.detectAndCompute(b, None)
@@ -289,6 +294,9 @@ def _hash_one(path: str, sha: str, opts: DedupOptions) -> dict:
         return {"sha256": sha, "phash": phash(load_grey(path, 256, opts.max_pixels)), "error": None}
     except imageio.ImageLoadError as exc:
         return {"sha256": sha, "phash": 0, "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - one odd photo must not stop dedup (reported, not cached)
+        log.warning("dedup: cannot hash %s: %s: %s", path, type(exc).__name__, exc)
+        return {"sha256": sha, "phash": 0, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def image_hashes(images: pd.DataFrame, cache: SegmentCache, opts: DedupOptions) -> tuple[pd.DataFrame, int]:
@@ -356,8 +364,10 @@ def find_duplicates(
         face_dist = face_distance_for(faces, opts)
         pairs |= {(i, j) for i, j in face_pairs(faces, index, face_dist) if usable[i] and usable[j]}
     stats.candidates = len(pairs)
-    verified = verify_pairs(sorted(pairs), readable["path"].tolist(), opts)
+    failures: list[PairFailure] = []
+    verified = verify_pairs(sorted(pairs), readable["path"].tolist(), opts, failures)
     stats.verified = len(verified)
+    stats.failed_pairs = len(failures)
     uf = _UnionFind(len(readable))
     for i, j in verified:
         uf.union(i, j)
@@ -383,33 +393,68 @@ def find_duplicates(
         "stats": asdict(stats),
         "byte_identical": byte_groups,
         "near_duplicate": near,
+        "failed_pairs": [{"paths": list(f.paths), "error": f.error} for f in failures],
     }
     return doc, stats
 
 
-def verify_pairs(pairs: Sequence[tuple[int, int]], paths: Sequence[str], opts: DedupOptions) -> list[tuple[int, int]]:
-    """The candidate pairs that pass verification (each photo decoded once, in a thread pool)."""
+@dataclass(frozen=True)
+class PairFailure:
+    """A candidate pair whose verification raised: reported by file names and skipped."""
+
+    paths: tuple[str, str]
+    error: str
+
+
+def verify_pairs(
+    pairs: Sequence[tuple[int, int]],
+    paths: Sequence[str],
+    opts: DedupOptions,
+    failures: list[PairFailure] | None = None,
+) -> list[tuple[int, int]]:
+    """The candidate pairs that pass verification (each photo decoded once, in a thread pool).
+
+    One bad photo or pair never stops the stage: a photo that cannot be decoded fails its pairs;
+    a pair whose verification raises is logged with both file names, appended to ``failures``
+    and counted as not verified.
+    """
     needed = sorted({i for p in pairs for i in p})
     cv2.setNumThreads(1)
+    load_errors: dict[int, str] = {}
 
     def load(i: int) -> tuple[int, np.ndarray | None]:
         try:
             return i, load_grey(paths[i], opts.work_size, opts.max_pixels)
         except imageio.ImageLoadError:
             return i, None
+        except Exception as exc:  # noqa: BLE001 - one odd photo must not stop dedup
+            load_errors[i] = f"{type(exc).__name__}: {exc}"
+            log.warning("dedup: cannot prepare %s: %s", paths[i], load_errors[i])
+            return i, None
 
+    def check(p: tuple[int, int]) -> tuple[tuple[int, int], Match | PairFailure]:
+        a, b = grey[p[0]], grey[p[1]]
+        if a is None or b is None:
+            bad = [load_errors[i] for i in p if i in load_errors]
+            return p, PairFailure((paths[p[0]], paths[p[1]]), bad[0]) if bad else Match(False, "-")
+        try:
+            m = verify_pair(a, b, opts)
+        except Exception as exc:  # noqa: BLE001 - one bad pair must not stop dedup
+            log.warning("dedup: skipped %s ~ %s: %s: %s", paths[p[0]], paths[p[1]], type(exc).__name__, exc)
+            return p, PairFailure((paths[p[0]], paths[p[1]]), f"{type(exc).__name__}: {exc}")
+        log.debug("dedup: %s ~ %s: %s", paths[p[0]], paths[p[1]], m)
+        return p, m
+
+    ok: list[tuple[int, int]] = []
     with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
         grey = dict(pool.map(load, needed))
-
-        def check(p: tuple[int, int]) -> tuple[tuple[int, int], Match]:
-            a, b = grey[p[0]], grey[p[1]]
-            if a is None or b is None:
-                return p, Match(False, "-")
-            m = verify_pair(a, b, opts)
-            log.debug("dedup: %s ~ %s: %s", paths[p[0]], paths[p[1]], m)
-            return p, m
-
-        return [p for p, m in pool.map(check, pairs) if m.ok]
+        for p, m in pool.map(check, pairs):
+            if isinstance(m, PairFailure):
+                if failures is not None:
+                    failures.append(m)
+            elif m.ok:
+                ok.append(p)
+    return ok
 
 
 def run_dedup(
