@@ -16,11 +16,9 @@ from typing import Any
 import jsonschema
 import yaml
 
+from facesets.errors import ConfigError
+
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "config" / "schemas"
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the file and the key."""
 
 
 @dataclass(frozen=True)

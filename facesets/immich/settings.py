@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from facesets.errors import ConfigError
+
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
@@ -19,8 +21,6 @@ def check_env_names(raw: Any, where: str) -> None:
     A pasted key or URL in place of the variable's name would otherwise be printed by the
     schema validator's message; this check runs first and names only the key.
     """
-    from facesets.config import ConfigError
-
     block = raw.get("immich") if isinstance(raw, Mapping) else None
     if not isinstance(block, Mapping):
         return
@@ -54,8 +54,6 @@ class ResolvedServer:
 
 def resolve_env(block: Mapping[str, Any], where: str, environ: Mapping[str, str] | None = None) -> ResolvedServer:
     """Read the URL and key(s) from the environment; ConfigError naming the variable if unset."""
-    from facesets.config import ConfigError
-
     env = os.environ if environ is None else environ
     url_name = block["url_env"]
     url = env.get(url_name, "").strip()

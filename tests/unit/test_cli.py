@@ -4,7 +4,7 @@ import argparse
 import subprocess
 import sys
 
-from facesets.cli import _embed_settings
+from facesets.cli.embed import embed_settings as _embed_settings
 
 
 def _run(*args, cwd=None):

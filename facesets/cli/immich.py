@@ -73,7 +73,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def immich_block(raw: str, where: str) -> dict:
     """The JSON ``immich`` block, checked and with defaults, as in a source YAML."""
-    from facesets.config import ConfigError, load_schema, validate
+    from facesets.config import load_schema, validate
+    from facesets.errors import ConfigError
     from facesets.immich.settings import check_env_names
 
     try:
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "stage-immich",
         help="stage an Immich server's photos with big enough faces into <work>/immich/<label>/files, then list them",

@@ -1,4 +1,4 @@
-"""CLI subcommands of the growing library: identities, route (mixed), manifest-merge, extend."""
+"""``facesets library``, ``identities``, ``route``, ``extend``: the growing library (rules/library.smk)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import json
 import logging
 from pathlib import Path
+
+from facesets.cli.common import pairs, section_settings
 
 log = logging.getLogger("facesets")
 
@@ -17,16 +19,6 @@ def _model_thresholds(faces):
     if len(ids) > 1:
         raise ValueError(f"faces from several models ({', '.join(ids)}) cannot be compared")
     return (ids[0] if ids else ""), (for_model(ids[0]) if ids else None)
-
-
-def _pairs(values: list[str] | None, what: str) -> list[tuple[str, Path]]:
-    out = []
-    for v in values or []:
-        name, sep, path = v.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"{what} {v!r}: expected SOURCE=PATH")
-        out.append((name, Path(path)))
-    return out
 
 
 def _write_refine_dir(manifest: dict, faces, out: Path, link_mode: str) -> None:
@@ -51,7 +43,6 @@ def cmd_identities(args: argparse.Namespace) -> int:
 
 def cmd_route(args: argparse.Namespace) -> int:
     from facesets import schema
-    from facesets.cli import _section_settings
     from facesets.library import dry_run_report, known_identities, route_manifest
 
     faces = schema.read_table(args.cache)
@@ -61,10 +52,10 @@ def cmd_route(args: argparse.Namespace) -> int:
         from facesets.enrich import load_quality
 
         quality = load_quality(Path(args.quality))
-    settings = _section_settings(args, "refine", ())
+    settings = section_settings(args, "refine", ())
     known = known_identities(
         Path(args.ledger) if args.ledger else None,
-        [(s, p / "refine_manifest.json" if p.is_dir() else p) for s, p in _pairs(args.known, "--known")],
+        [(s, p / "refine_manifest.json" if p.is_dir() else p) for s, p in pairs(args.known, "--known")],
         model_id,
     )
     source = args.source or (faces["source"].iloc[0] if len(faces) else Path(args.cache).parent.name)
@@ -79,20 +70,6 @@ def cmd_route(args: argparse.Namespace) -> int:
         return 0
     _write_refine_dir(manifest, faces, Path(args.out), args.link_mode)
     print(json.dumps({"facesets": len(manifest["facesets"]), "routed": manifest["stats"].get("routed", 0)}))
-    return 0
-
-
-def cmd_manifest_merge(args: argparse.Namespace) -> int:
-    from facesets.merge import MergeSettings, run_merge
-
-    summary = run_merge(
-        _pairs(args.export, "--export"),
-        [Path(p) for p in args.faces or []],
-        Path(args.swap_ready),
-        MergeSettings(top_n=args.top_n, backups=args.backups),
-        eras=_pairs(args.eras, "--eras"),
-    )
-    print(json.dumps(summary))
     return 0
 
 
@@ -154,15 +131,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--refine-settings", help="JSON object for the `refine` config section")
     r.add_argument("--dry-run", action="store_true", help="report routed counts and survivors; write nothing")
     r.set_defaults(func=cmd_route)
-
-    m = sub.add_parser("manifest-merge", help="merge exports into facesets_swap_ready/ (ledger + manifest.json)")
-    m.add_argument("swap_ready", help="the facesets_swap_ready folder (updated in place)")
-    m.add_argument("--export", action="append", help="SOURCE=EXPORT_DIR, in config order (repeatable)")
-    m.add_argument("--faces", action="append", help="face tables (.parquet) of those sources (for centroids)")
-    m.add_argument("--eras", action="append", help="IDENTITY=ERA_DIR from `facesets era-split` (repeatable)")
-    m.add_argument("--top-n", type=int, default=30)
-    m.add_argument("--backups", type=int, default=20, help="previous versions kept under .backup/")
-    m.set_defaults(func=cmd_manifest_merge)
 
     x = sub.add_parser("extend", help="add a new face table to existing raw clusters without moving members")
     x.add_argument("cache", help="face table (.parquet) with the new photos (old faces may be included)")

@@ -1,0 +1,80 @@
+"""``facesets export-swap``: crops and .fsz bundles per face set (rules/export.smk)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from facesets.cli.common import section_settings
+
+
+def cmd_export_swap(args: argparse.Namespace) -> int:
+    from facesets.export import backend_of, make_detector, run_export
+
+    flags = (
+        "outlier_tight",
+        "min_face_short",
+        "pad_ratio",
+        "min_pad_ratio",
+        "out_size",
+        "top_n",
+        "candidate_distance",
+        "candidate_min_score",
+        "workers",
+    )
+    settings = section_settings(args, "export", flags)
+    embed = json.loads(args.embed_settings) if args.embed_settings else {}
+    model_dir = Path(args.model_dir) if args.model_dir else Path(args.cache).parent / "models"
+
+    def detector(opts, model_id):
+        backend = args.backend or backend_of(model_id)
+        return make_detector(backend, embed, opts, model_dir, args.providers.split(","))
+
+    manifest = run_export(
+        Path(args.cache),
+        Path(args.refine_manifest),
+        Path(args.out),
+        settings,
+        detector,
+        raw_manifest=Path(args.raw_manifest) if args.raw_manifest else None,
+        candidates=args.candidates,
+        quality=Path(args.quality) if args.quality else None,
+        duplicates=Path(args.duplicates) if args.duplicates else None,
+        crop_cache=Path(args.crop_cache) if args.crop_cache else None,
+    )
+    print(json.dumps(manifest["stats"]))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    x = sub.add_parser("export-swap", help="single-face crops and roop .fsz bundles per face set (+ manifests)")
+    x.add_argument("cache", help="face table (.parquet) from `facesets embed`")
+    x.add_argument("refine_manifest", help="refine_manifest.json from `facesets refine`")
+    x.add_argument("out", help="output folder (replaced atomically)")
+    x.add_argument("--raw-manifest", help="manifest.json of the raw clusters (for --candidates)")
+    x.add_argument("--candidates", action=argparse.BooleanOptionalAction, default=None, help="rescue near singletons")
+    x.add_argument("--quality", help="quality table from `facesets enrich`")
+    x.add_argument("--duplicates", help="duplicates.json from `facesets dedup`")
+    x.add_argument("--crop-cache", help="folder of finished crops to reuse between runs")
+    x.add_argument("--configfile", action="append", help="take the export settings from this config.yaml")
+    x.add_argument("--export-settings", help="JSON object for the `export` config section")
+    x.add_argument("--embed-settings", help="JSON `embed` settings for the re-detection check (backend options)")
+    x.add_argument("--backend", choices=["opencv", "insightface"], help="re-detection backend (default: the model's)")
+    x.add_argument("--model-dir", help="opencv model cache (default: <cache dir>/models)")
+    x.add_argument(
+        "--providers",
+        default=os.environ.get("FACESETS_PROVIDERS", "CPUExecutionProvider"),
+        help="comma-separated ONNX Runtime providers (env FACESETS_PROVIDERS)",
+    )
+    x.add_argument("--outlier-tight", type=float, help="face-to-centroid gate (default: model profile)")
+    x.add_argument("--min-face-short", type=float)
+    x.add_argument("--pad-ratio", type=float)
+    x.add_argument("--min-pad-ratio", type=float)
+    x.add_argument("--out-size", type=int)
+    x.add_argument("--top-n", type=int)
+    x.add_argument("--candidate-distance", type=float)
+    x.add_argument("--candidate-min-score", type=float)
+    x.add_argument("--workers", type=int)
+    x.set_defaults(func=cmd_export_swap)

@@ -1,0 +1,54 @@
+"""``facesets contact-sheets``, ``run-stats``: the reports (rules/report.smk)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from facesets.cli.common import section_settings
+
+
+def cmd_contact_sheets(args: argparse.Namespace) -> int:
+    from facesets.report import SheetOptions, contact_sheets
+
+    s = section_settings(args, "report", ("columns", "thumb", "max_tiles"))
+    written = contact_sheets(
+        Path(args.export),
+        Path(args.out),
+        SheetOptions(columns=s["columns"], thumb=s["thumb"], max_tiles=s["max_tiles"]),
+    )
+    print(json.dumps({"sheets": len(written), "out": args.out}))
+    return 0
+
+
+def cmd_run_stats(args: argparse.Namespace) -> int:
+    from facesets.report import SourceFiles, run_stats
+
+    stats = run_stats(
+        [SourceFiles.parse(x) for x in args.source or []], Path(args.out), Path(args.json) if args.json else None
+    )
+    print(json.dumps({"sources": len(stats), "out": args.out}))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    cs = sub.add_parser("contact-sheets", help="one PNG per exported face set: its crops with their quality scores")
+    cs.add_argument("export", help="export folder (with manifest.json) from `facesets export-swap`")
+    cs.add_argument("out", help="output folder of <faceset>.png (replaced atomically)")
+    cs.add_argument("--configfile", action="append", help="take the report settings from this config.yaml")
+    cs.add_argument("--report-settings", help="JSON object for the `report` config section")
+    cs.add_argument("--columns", type=int)
+    cs.add_argument("--thumb", type=int)
+    cs.add_argument("--max-tiles", type=int)
+    cs.set_defaults(func=cmd_contact_sheets)
+
+    rs = sub.add_parser("run-stats", help="an HTML page of run statistics per source (images ... rejections by gate)")
+    rs.add_argument("out", help="output page (.html)")
+    rs.add_argument(
+        "--source",
+        action="append",
+        help="name=N,faces=FACES,raw=RAW_DIR,duplicates=JSON,refine=REFINE_DIR,export=EXPORT_DIR (repeatable; keys optional but name)",
+    )
+    rs.add_argument("--json", help="also write the numbers as JSON")
+    rs.set_defaults(func=cmd_run_stats)
