@@ -2,12 +2,24 @@
 # The DAG, one rules/<stage>.smk per stage:
 #   stage -> embed -> cluster -> (enrich -> dedup -> refine -> export -> manifest-merge: later stages)
 # Run:  snakemake --profile wsl all      Preview:  snakemake --profile wsl -n
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.19")
 
 
-configfile: "config/config.yaml"
+# The default config (the demo source) only when no --configfile is given: a user's own
+# config never picks up the demo. Relative paths are relative to the working directory.
+if not workflow.overwrite_configfiles:
+    if not os.path.exists("config/config.yaml"):
+        raise WorkflowError(
+            f"no config/config.yaml in {os.getcwd()}: run snakemake in the face-sets checkout,"
+            " or pass your own config with --configfile my.yaml (before the targets)"
+        )
+
+    configfile: "config/config.yaml"
+
 
 
 report: "report/workflow.rst"  # `snakemake --report report.html` after a run: rules/report.smk

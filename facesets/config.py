@@ -184,6 +184,12 @@ def load_source(path: str, settings: Mapping[str, Any], schema: Mapping[str, Any
     if data["kind"] == "immich":  # the staged copy is the source's root
         data["path"] = str(staging_root(merged["work_root"], label_of(data["immich"], data["name"])) / "files")
     root = Path(os.path.expanduser(data["path"]))
+    if data["kind"] != "immich" and not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise ConfigError(
+            f"{path}: key 'path': {data['path']} {what} (resolved to {os.path.abspath(root)};"
+            f" relative paths are relative to the directory you run in, {os.getcwd()})"
+        )
     return Source(
         name=data["name"],
         kind=data["kind"],

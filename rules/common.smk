@@ -3,6 +3,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)  # the facesets package, also when not pip-installed
 
@@ -10,6 +11,8 @@ from facesets.config import ConfigError, load_workflow_config  # noqa: E402
 from facesets.embedhost import EmbedHost  # noqa: E402
 from facesets.listing import fingerprint  # noqa: E402
 from facesets.schema import SCHEMA_VERSION  # noqa: E402
+from facesets.snakelock import clear_stale_locks  # noqa: E402
+from facesets.triggers import state_file  # noqa: E402
 
 
 def _config_origin():
@@ -23,6 +26,10 @@ except ConfigError as exc:
     raise WorkflowError(f"invalid configuration:\n{exc}") from None
 
 config.update(WF.settings)  # defaults filled, visible to every rule
+if workflow.is_main_process:  # a run killed by SIGKILL left its locks: "run the same command again" works
+    _locks = clear_stale_locks(Path.cwd())
+    if _locks.message:
+        print(f"face-sets: {_locks.message}", file=sys.stderr)
 WORK = str(WF.work_root)
 OUTPUT = str(WF.output_root)
 # Set (not read) for the jobs: they run `facesets ...` from the interpreter that runs
@@ -54,18 +61,36 @@ def all_face_tables():
     return expand(f"{WORK}/sources/{{source}}/faces.parquet", source=source_names())
 
 
-def source_fingerprint(wildcards):
-    """Paths+sizes+mtimes of the source's photos: a changed library reruns `stage`."""
+def stage_state(wildcards):
+    """Input of `stage`: a file rewritten only when the source's photos (paths, sizes, mtimes)
+    or its listing settings change, so new photos rerun `stage` also with no .snakemake/
+    metadata (facesets/triggers.py)."""
     s = src(wildcards)
-    return fingerprint(s.root, s.include, s.exclude)
+    return state_file(
+        f"{WORK}/sources/{s.name}/state/stage.json",
+        {
+            "root": str(s.root),
+            "include": list(s.include),
+            "exclude": list(s.exclude),
+            "schema_version": SCHEMA_VERSION,
+            "photos": fingerprint(s.root, s.include, s.exclude),
+        },
+    )
 
 
 def embed_result_settings(wildcards):
-    """The embed settings that change results (rerun trigger), as JSON."""
+    """The embed settings that change results, as JSON (the embed job's --embed-settings)."""
     s = dict(src(wildcards).settings["embed"])
     for key in NON_RESULT_EMBED_KEYS:
         s.pop(key, None)
     return json.dumps(s, sort_keys=True)
+
+
+def embed_state(wildcards):
+    """Input of the embed jobs: the result settings as a file (rewritten only when they change)."""
+    s = src(wildcards)
+    payload = {"backend": s.settings["backend"], "embed": json.loads(embed_result_settings(wildcards))}
+    return state_file(f"{WORK}/sources/{s.name}/state/embed.json", {**payload, "schema_version": SCHEMA_VERSION})
 
 
 def embed_shard_tables(wildcards):

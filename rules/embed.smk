@@ -5,6 +5,7 @@
 rule embed_shard:
     input:
         listing=f"{WORK}/sources/{{source}}/listing.parquet",
+        state=embed_state,
     output:
         faces=f"{WORK}/sources/{{source}}/shards/{{n}}/{{shard}}.faces.parquet",
         images=f"{WORK}/sources/{{source}}/shards/{{n}}/{{shard}}.faces.images.parquet",

@@ -2,6 +2,8 @@
 # Dispatch on the source's kind: folder-like kinds are listed in place (rule stage); kind
 # immich is first staged from the server into {WORK}/immich/<label>/files (rule stage_immich).
 rule stage:
+    input:
+        state=stage_state,
     output:
         listing=f"{WORK}/sources/{{source}}/listing.parquet",
     wildcard_constraints:
@@ -10,8 +12,6 @@ rule stage:
         root=lambda w: str(src(w).root),
         include=lambda w: " ".join(f"--include '{g}'" for g in src(w).include),
         exclude=lambda w: " ".join(f"--exclude '{g}'" for g in src(w).exclude),
-        fingerprint=source_fingerprint,
-        schema_version=SCHEMA_VERSION,
         cache=lambda w: f"{WORK}/cache/stage/{w.source}.hashes.parquet",
         workers=lambda w: src(w).settings["stage"]["hash_workers"],
     log:

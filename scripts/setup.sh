@@ -24,4 +24,4 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
 fi
 .venv/bin/facesets fetch-models --model-dir work/models
 .venv/bin/facesets demo-photos data/demo --model-dir work/models
-.venv/bin/python scripts/link_profiles.py
+.venv/bin/python scripts/install_profiles.py

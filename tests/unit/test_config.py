@@ -93,3 +93,18 @@ def test_string_numbers_from_the_command_line_are_coerced(tmp_path):
     assert cfg.settings["embed"]["shards"] == 3 and cfg.settings["embed"]["det_size"] == 480
     with pytest.raises(ConfigError, match=r"embed\.shards"):
         load_config_files([_write(tmp_path, "embed:\n  shards: three\n")])
+
+
+def test_a_missing_source_path_stops_naming_the_yaml_and_the_key(tmp_path):
+    """Issue #11: caught by check-config and -n, before stage runs into a traceback."""
+    src = tmp_path / "sources" / "nas.yaml"
+    src.parent.mkdir()
+    src.write_text(f"name: nas\nkind: folder\npath: {tmp_path / 'not-mounted'}\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"sources: [{src}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config_files([str(cfg)])
+    assert str(src) in str(err.value) and "key 'path'" in str(err.value) and "does not exist" in str(err.value)
+    (tmp_path / "not-mounted").write_text("a file, not a folder")
+    with pytest.raises(ConfigError, match="is not a folder"):
+        load_config_files([str(cfg)])

@@ -169,15 +169,3 @@ def test_a_missing_windows_python_fails_the_job_clearly(sample_photos, model_dir
     assert proc.returncode != 0
     log = (tmp_path / "work" / "logs" / "embed" / "photos.1.0.log").read_text()
     assert "python.exe" in log and ("No such file" in log or "not found" in log)
-
-
-def test_link_profiles_links_every_profile(tmp_path):
-    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "cfg"), HOME=str(tmp_path))
-    proc = subprocess.run(
-        [str(VENV_BIN / "python"), str(REPO / "scripts" / "link_profiles.py")], env=env, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr
-    for name in ("wsl", "directml", "slurm"):
-        link = tmp_path / "cfg" / "snakemake" / name
-        assert link.is_symlink() and link.resolve() == (REPO / "profiles" / name).resolve()
-        assert (link / "config.v8+.yaml").is_file()
