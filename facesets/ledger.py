@@ -13,6 +13,7 @@ Everything here is pure over dataclasses; ``facesets.merge`` does the file work.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from facesets.atomic import write_json
+from facesets.atomic import TMP_PREFIX, write_json
 
 LEDGER_VERSION = 1
+BACKUP_DIR = ".backup"
 KINDS = ("discovered", "identities", "routed", "era")
 
 
@@ -37,6 +39,7 @@ class Member:
     path: str
     score: float
     crop: str  # the exported crop it was copied from (relative to the output root)
+    phash: str | None = None  # 64-bit DCT hash of the crop (hex): the library's near-duplicate check
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Identity:
     members: dict[str, Member] = field(default_factory=dict)  # face_key -> member
     centroid_sum: dict[str, list[float]] = field(default_factory=dict)  # model_id -> sum of unit embeddings
     centroid_count: dict[str, int] = field(default_factory=dict)
+    aliases: list[str] = field(default_factory=list)  # former names (a label named it, a rename decision)
 
     def centroid(self, model_id: str) -> np.ndarray | None:
         s = self.centroid_sum.get(model_id)
@@ -70,9 +74,12 @@ class Ledger:
     # source -> {"digest": export manifest digest, "entries": {entry name: identity number}}
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: int = LEDGER_VERSION
+    # facesets.decisions: applied decisions, candidates, numbers reserved by splits (never reused)
+    curation: dict[str, Any] = field(default_factory=dict)
 
     def next_number(self) -> int:
-        return max((i.number for i in self.identities), default=0) + 1
+        reserved = self.curation.get("reserved", {}).values()
+        return max([i.number for i in self.identities] + [int(n) for n in reserved], default=0) + 1
 
     def by_number(self, number: int) -> Identity:
         for ident in self.identities:
@@ -81,7 +88,14 @@ class Ledger:
         raise KeyError(number)
 
     def by_name(self, name: str) -> Identity | None:
-        return next((i for i in self.identities if i.name == name), None)
+        """The identity called ``name`` now, else the one that was called so before (aliases)."""
+        hit = next((i for i in self.identities if i.name == name), None)
+        return hit or next((i for i in self.identities if name in i.aliases), None)
+
+    def by_label(self, label: str) -> Identity | None:
+        """The (lowest-numbered) non-era identity a hand-sorted folder ``label`` has named."""
+        hits = sorted((i for i in self.identities if i.kind != "era" and i.label == label), key=lambda i: i.number)
+        return hits[0] if hits else None
 
     def owner(self) -> dict[str, int]:
         """face_key -> number of the identity it belongs to (eras excluded: they copy members)."""
@@ -96,6 +110,7 @@ def to_json(ledger: Ledger) -> dict:
         "version": ledger.version,
         "identities": [asdict(i) for i in sorted(ledger.identities, key=lambda i: i.number)],
         "batches": ledger.batches,
+        **({"curation": ledger.curation} if ledger.curation else {}),
     }
 
 
@@ -109,7 +124,7 @@ def from_json(obj: Mapping[str, Any], where: str = "ledger") -> Ledger:
     numbers = [i.number for i in idents]
     if len(set(numbers)) != len(numbers):
         raise ValueError(f"{where}: duplicate identity numbers")
-    return Ledger(identities=idents, batches=dict(obj.get("batches", {})))
+    return Ledger(identities=idents, batches=dict(obj.get("batches", {})), curation=dict(obj.get("curation", {})))
 
 
 def load(path: Path) -> Ledger:
@@ -127,20 +142,56 @@ def load(path: Path) -> Ledger:
 
 
 def backup(paths: Iterable[Path], keep: int = 20) -> Path | None:
-    """Copy the current versions of ``paths`` into ``<dir>/.backup/<timestamp>/`` (keeps the newest ``keep``)."""
+    """Copy the current versions of ``paths`` into ``<dir>/.backup/<timestamp>/`` (keeps the newest ``keep``).
+
+    Atomic: the copies are written (and fsynced) into ``.backup/.tmp-<timestamp>/``, which is
+    renamed into place only when complete, so a crash or a full disk never leaves a
+    truncated backup under a real name (``clean_backups`` removes the temp folder later).
+    """
     existing = [Path(p) for p in paths if Path(p).exists()]
     if not existing:
         return None
-    root = existing[0].parent / ".backup"
+    root = existing[0].parent / BACKUP_DIR
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{time.time_ns() % 1_000_000_000:09d}"
-    dest = root / stamp
-    dest.mkdir(parents=True, exist_ok=True)
-    for p in existing:
-        shutil.copy2(p, dest / p.name)
-    old = sorted(d for d in root.iterdir() if d.is_dir())
+    dest, tmp = root / stamp, root / f"{TMP_PREFIX}{stamp}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        for p in existing:
+            shutil.copy2(p, tmp / p.name)
+            with open(tmp / p.name, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    old = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(TMP_PREFIX))
     for d in old[:-keep]:
         shutil.rmtree(d, ignore_errors=True)
     return dest
+
+
+def _complete_backup(d: Path) -> bool:
+    """A backup folder whose every JSON file parses (older versions wrote them in place)."""
+    files = list(d.glob("*.json"))
+    for f in files:
+        try:
+            json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return False
+    return bool(files)
+
+
+def clean_backups(root: Path) -> list[Path]:
+    """Remove crash leftovers under ``root/.backup``: temp folders and half-written backups."""
+    root = Path(root) / BACKUP_DIR
+    if not root.is_dir():
+        return []
+    gone = [
+        d for d in sorted(root.iterdir()) if d.is_dir() and (d.name.startswith(TMP_PREFIX) or not _complete_backup(d))
+    ]
+    for d in gone:
+        shutil.rmtree(d, ignore_errors=True)
+    return gone
 
 
 def save(ledger: Ledger, path: Path) -> None:
@@ -188,31 +239,122 @@ def match(
 ) -> int | None:
     """The number of the existing identity this proposal belongs to, or None for a new one.
 
-    Order of evidence: an explicit route (mixed sources), the hand-sorted label, the faces it
-    already shares with an identity, then the nearest centroid within ``match_threshold``.
+    Order of evidence: an explicit route (mixed sources), the hand-sorted label (see
+    ``label_target``), the faces it already shares with an identity, then the nearest
+    centroid within ``match_threshold``. Eras are matched to eras of the same parent by era
+    name, then by shared faces, never by centroid (eras of one person are close by nature).
     """
+    owner = ledger.owner() if owner is None else owner
     if p.route_to:
         if p.route_to.startswith("ledger:"):
             ident = ledger.by_name(p.route_to.removeprefix("ledger:"))
-            if ident is not None:
+            if ident is not None and ident.kind != "era":
                 return ident.number
         elif p.route_to in resolved:
             return resolved[p.route_to]
-    if p.kind == "era":  # eras match eras of the same parent only: by shared faces, then centroid
+    if p.kind == "era":
         eras = [i for i in ledger.identities if i.kind == "era" and i.parent == p.parent]
-        hit = _overlap_owner(p.crops, {k: i.number for i in eras for k in i.members})
-        if hit is not None:
-            return hit
-        return _nearest(eras, p, match_threshold)
+        named = [i for i in eras if i.name == p.name or p.name in i.aliases]
+        if named:
+            return named[0].number
+        others = {k: i.number for i in eras for k in i.members}
+        return _overlap_owner(p.crops, others)
     if p.kind == "identities":
-        for ident in ledger.identities:
-            if ident.kind == "identities" and ident.label == p.label:
-                return ident.number
-        return None  # hand-sorted folders never merge into discovered identities
-    hit = _overlap_owner(p.crops, ledger.owner() if owner is None else owner)
+        return label_target(ledger, p, match_threshold, owner)[0]
+    hit = _overlap_owner(p.crops, owner)
     if hit is not None:
         return hit
     return _nearest([i for i in ledger.identities if i.kind != "era"], p, match_threshold)
+
+
+def label_target(
+    ledger: Ledger, p: Proposal, match_threshold: float, owner: Mapping[str, int]
+) -> tuple[int | None, list[dict]]:
+    """Which identity a hand-sorted folder names, and what the merge must report about it.
+
+    The folder's label names, in order: the identity that already carries it; the identity
+    that holds at least half of its faces; the nearest identity within ``match_threshold``.
+    So the order of sources never decides who is who: a person discovered first is named
+    by the folder later (its number stays), a folder merged first absorbs the discovered set.
+    An identity already named by another label is never renamed: that conflict is returned
+    as a note and the folder gets an identity of its own.
+    """
+    notes: list[dict] = []
+    named = ledger.by_label(p.label) if p.label is not None else None
+    if named is not None:
+        return named.number, notes
+    hit = _overlap_owner(p.crops, owner)
+    if hit is None:
+        hit = _nearest([i for i in ledger.identities if i.kind != "era"], p, match_threshold)
+    if hit is not None:
+        other = ledger.by_number(hit)
+        if other.label is not None and other.label != p.label:
+            notes.append(
+                {
+                    "kind": "label_conflict",
+                    "source": p.source,
+                    "label": p.label,
+                    "identity": hit,
+                    "message": f"labels {other.label!r} and {p.label!r} ({p.source}) claim one identity "
+                    f"#{hit} {other.name}: not merged; {p.label!r} kept apart, check both folders",
+                }
+            )
+            hit = None
+    return hit, notes
+
+
+def label_split(ledger: Ledger, p: Proposal, number: int, owner: Mapping[str, int]) -> dict | None:
+    """A note when faces of the hand-sorted folder ``p`` sit in identities other than ``number``."""
+    counts: dict[int, int] = {}
+    for c in p.crops:
+        n = owner.get(c["face_key"])
+        if n is not None and n != number:
+            counts[n] = counts.get(n, 0) + 1
+    if not counts:
+        return None
+    where = ", ".join(f"#{n} {ledger.by_number(n).name} ({k} faces)" for n, k in sorted(counts.items()))
+    return {
+        "kind": "label_split",
+        "source": p.source,
+        "label": p.label,
+        "identity": number,
+        "also_in": {str(n): k for n, k in sorted(counts.items())},
+        "message": f"label {p.label!r} ({p.source}) names #{number} {ledger.by_number(number).name}, "
+        f"but some of its faces sit in {where}: not moved, check those identities",
+    }
+
+
+def name_identity(ledger: Ledger, ident: Identity, name: str, label: str | None = None) -> bool:
+    """Give ``ident`` a new name (the old one becomes an alias; its number stays). True if changed.
+
+    ``label``: the hand-sorted folder that named it (the identity becomes kind ``identities``).
+    A curation rename decision calls this without a label.
+    """
+    changed = False
+    if label is not None and ident.label != label:
+        ident.label, changed = label, True
+        if ident.kind != "era":
+            ident.kind = "identities"
+    if name != ident.name:
+        others = Ledger([i for i in ledger.identities if i is not ident])
+        new = unique_name(others, name)
+        if new != ident.name:
+            if ident.name not in ident.aliases:
+                ident.aliases.append(ident.name)
+            ident.name, changed = new, True
+    return changed
+
+
+def relocate(ledger: Ledger, source: str, crops: Sequence[Mapping[str, Any]]) -> int:
+    """Record where the photos of ``source``'s members are now (a moved source root). Returns how many moved."""
+    where = {c["face_key"]: c.get("source_path") for c in crops if c.get("source_path")}
+    moved = 0
+    for ident in ledger.identities:
+        for key, m in ident.members.items():
+            new = where.get(key)
+            if new is not None and m.source == source and m.path != new:
+                m.path, moved = new, moved + 1
+    return moved
 
 
 def _nearest(candidates: Sequence[Identity], p: Proposal, match_threshold: float) -> int | None:
@@ -260,18 +402,11 @@ def apply(
     face whose photo already has another face in the identity is skipped (cannot-link). A new
     identity is only created when at least one face is left for it; returns None otherwise.
     """
-    if p.kind == "era":  # an era shares its faces with its parent, not with its sibling eras
-        owner = {k: i.number for i in ledger.identities if i.kind == "era" and i.parent == p.parent for k in i.members}
-    elif owner is None:
-        owner = ledger.owner()
+    owner = owner_for(ledger, p, ledger.owner() if owner is None else owner)
     ident = ledger.by_number(number) if number is not None else None
-    photos = ident.photos() if ident is not None else set()
-    fresh = []
-    for c in sorted(p.crops, key=lambda c: c["face_key"]):
-        if c["face_key"] in owner or c["sha256"] in photos:
-            continue
-        photos.add(c["sha256"])
-        fresh.append(c)
+    fresh = fresh_crops(ledger, p, number, owner)
+    if ident is not None and p.kind == "identities" and p.label is not None and ident.label is None:
+        name_identity(ledger, ident, p.label, p.label)  # the folder names the person's identity
     if ident is None:
         if not fresh:
             return None
@@ -290,7 +425,12 @@ def apply(
         key = c["face_key"]
         owner[key] = ident.number
         ident.members[key] = Member(
-            source=p.source, sha256=c["sha256"], path=c.get("source_path", ""), score=float(c["score"]), crop=c["file"]
+            source=p.source,
+            sha256=c["sha256"],
+            path=c.get("source_path", ""),
+            score=float(c["score"]),
+            crop=c["file"],
+            phash=c.get("phash"),
         )
         emb = embeddings.get(key)
         if emb is not None:
@@ -303,6 +443,25 @@ def apply(
     if fresh and p.source not in ident.sources:
         ident.sources.append(p.source)
     return MergeChange(ident.number, ident.name, number is None, [c["face_key"] for c in fresh])
+
+
+def owner_for(ledger: Ledger, p: Proposal, owner: dict[str, int]) -> dict[str, int]:
+    """The face owners that matter for ``p``: an era shares its faces with its parent, not with its sibling eras."""
+    if p.kind != "era":
+        return owner
+    return {k: i.number for i in ledger.identities if i.kind == "era" and i.parent == p.parent for k in i.members}
+
+
+def fresh_crops(ledger: Ledger, p: Proposal, number: int | None, owner: Mapping[str, int]) -> list[Mapping[str, Any]]:
+    """The proposal's crops that would join identity ``number``: not owned yet, one per photo."""
+    photos = ledger.by_number(number).photos() if number is not None else set()
+    fresh = []
+    for c in sorted(p.crops, key=lambda c: c["face_key"]):
+        if c["face_key"] in owner or c["sha256"] in photos:
+            continue
+        photos.add(c["sha256"])
+        fresh.append(c)
+    return fresh
 
 
 def discovered_name(number: int) -> str:

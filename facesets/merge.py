@@ -12,21 +12,28 @@ digest the ledger already holds is skipped (applying a source twice changes noth
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import socket
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from facesets import crossdedup as X
 from facesets import ledger as L
-from facesets.atomic import write_json, write_text
+from facesets.atomic import TMP_PREFIX, write_json, write_text
+from facesets.dedup import DedupOptions
 from facesets.fsz import write_fsz_from_files
 from facesets.thresholds import for_model
 
@@ -38,6 +45,7 @@ RESPONSIBLE_USE = (
 )
 MANIFEST = "manifest.json"
 LEDGER = "ledger.json"
+LOCK = ".lock"
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,10 @@ class MergeSettings:
     top_n: int = 30
     backups: int = 20
     match_threshold: float | None = None  # None: the model profile's ``match``
+    # source -> its refine.min_faces: a new discovered identity needs that many photos in the library
+    min_faces: Mapping[str, int] = field(default_factory=dict)
+    dedup: DedupOptions = field(default_factory=DedupOptions)  # near-duplicate faces across sources
+    lock_timeout: float = 3600.0  # seconds a second writer waits for the library lock, then stops
 
 
 @dataclass(frozen=True)
@@ -135,7 +147,7 @@ def build_identity(ident: L.Identity, swap_ready: Path, top_n: int) -> bool:
     for key, m in ranked:
         if (d / "crops" / f"{key}.png").exists():
             m.crop = f"{identity_dir(ident)}/crops/{key}.png"
-    state = hashlib.sha256(json.dumps([[k, m.score] for k, m in ranked]).encode()).hexdigest()
+    state = hashlib.sha256(json.dumps([[k, m.score, m.path] for k, m in ranked]).encode()).hexdigest()
     man_path = d / MANIFEST
     if man_path.exists():
         try:
@@ -205,23 +217,80 @@ def canonical_manifest(ledger: L.Ledger, top_n: int) -> dict:
     }
 
 
+class _Pixels:
+    """Grey working copies of crops (``crossdedup.load_crop``), read once per merge."""
+
+    def __init__(self, swap_ready: Path) -> None:
+        self.swap_ready = swap_ready
+        self.paths: dict[str, str] = {}
+        self._cache: dict[str, np.ndarray | None] = {}
+
+    def path_of(self, crop: str) -> str:
+        return crop if os.path.isabs(crop) else str(self.swap_ready / crop)
+
+    def __call__(self, key: str) -> np.ndarray | None:
+        if key not in self._cache:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = X.load_crop(self.paths[key]) if key in self.paths else None
+        return self._cache[key]
+
+    def phash(self, key: str, crop: str) -> str | None:
+        self.paths[key] = self.path_of(crop)
+        grey = self(key)
+        return X.hash_hex(X.crop_hash(grey)) if grey is not None else None
+
+
+def _drop_duplicates(
+    ident: L.Identity | None,
+    fresh: Sequence[dict],
+    pixels: _Pixels,
+    emb: Mapping[str, np.ndarray],
+    opts: DedupOptions,
+    face_distance: float,
+) -> dict[str, str]:
+    """fresh face key -> the member (or better fresh face) it is a near-duplicate of."""
+    members = []
+    for key, m in sorted(ident.members.items()) if ident is not None else []:
+        if m.phash is None:  # a ledger written before the library compared crops
+            m.phash = pixels.phash(key, m.crop)
+        else:
+            pixels.paths[key] = pixels.path_of(m.crop)
+        members.append(X.face_of(key, m.phash, emb))
+    new = []
+    for c in sorted(fresh, key=lambda c: (-float(c["score"]), c["face_key"])):
+        c["phash"] = c.get("phash") or pixels.phash(c["face_key"], c["file"])
+        new.append(X.face_of(c["face_key"], c["phash"], emb))
+    return X.duplicates_of(new, members, pixels, opts, face_distance)
+
+
+def _note(kind: str, p: L.Proposal, message: str, **extra: Any) -> dict:
+    return {"kind": kind, "source": p.source, "entry": p.name, **extra, "message": message}
+
+
 def merge_batches(
     ledger: L.Ledger,
     batches: Sequence[ExportBatch],
     face_tables: Sequence[Path],
     settings: MergeSettings,
     parents: Mapping[str, str] | None = None,
+    swap_ready: Path | None = None,
 ) -> list[L.MergeChange]:
     """Apply the batches that changed since the last merge; returns what changed.
 
-    ``parents``: batch source -> identity name, for the era-split batches.
+    ``parents``: batch source -> identity name, for the era-split batches. What the merge
+    could not resolve by itself (labels in conflict, a set held below ``min_faces``,
+    near-duplicates left out) is kept as notes in ``ledger.batches[source]["notes"]``.
     """
     changes: list[L.MergeChange] = []
     resolved: dict[str, int] = {}
     parents = parents or {}
+    pixels = _Pixels(Path(swap_ready) if swap_ready is not None else Path.cwd())
     changed = [b for b in batches if ledger.batches.get(b.source, {}).get("digest") != b.digest]
     props_of = {b.source: _proposals(b, parents.get(b.source)) for b in changed}
     keys = {c["face_key"] for props in props_of.values() for p in props for c in p.crops}
+    if keys:  # members too: a new face is compared with the identity's faces by embedding
+        keys |= {k for i in ledger.identities for k in i.members}
     emb = load_embeddings(face_tables, keys) if keys else {}  # one read of the face tables
     owner = ledger.owner()
     for b in batches:
@@ -231,10 +300,9 @@ def merge_batches(
             log.info("manifest-merge: %s unchanged since the last merge", b.source)
             continue
         entries: dict[str, int] = {}
+        notes: list[dict] = []
         for p in props_of[b.source]:
-            thr = settings.match_threshold if settings.match_threshold is not None else for_model(p.model_id).match
-            number = L.match(ledger, p, thr, resolved, owner)
-            ch = L.apply(ledger, p, number, emb, owner)
+            ch = _merge_one(ledger, p, settings, resolved, owner, emb, pixels, notes)
             if ch is None:
                 continue
             entries[p.name] = ch.number
@@ -250,8 +318,142 @@ def merge_batches(
                     "new" if ch.created else "existing",
                     len(ch.added),
                 )
-        ledger.batches[b.source] = {"digest": b.digest, "entries": entries}
+        for n in notes:
+            log.warning("manifest-merge: %s", n["message"])
+        ledger.batches[b.source] = {"digest": b.digest, "entries": entries, "notes": notes}
     return changes
+
+
+def _merge_one(
+    ledger: L.Ledger,
+    p: L.Proposal,
+    settings: MergeSettings,
+    resolved: Mapping[str, int],
+    owner: dict[str, int],
+    emb: Mapping[str, np.ndarray],
+    pixels: _Pixels,
+    notes: list[dict],
+) -> L.MergeChange | None:
+    """One proposal: relocate, match (labels name identities), drop duplicates, gate, apply."""
+    thr = settings.match_threshold if settings.match_threshold is not None else for_model(p.model_id).match
+    moved = L.relocate(ledger, p.source, p.crops)
+    if moved:
+        notes.append(_note("relocated", p, f"{p.source}/{p.name}: {moved} members' photos recorded at their new path"))
+    if p.kind == "identities":
+        number, label_notes = L.label_target(ledger, p, thr, owner)
+        notes.extend(label_notes)
+    else:
+        number = L.match(ledger, p, thr, resolved, owner)
+    own = L.owner_for(ledger, p, owner)
+    fresh = [dict(c) for c in L.fresh_crops(ledger, p, number, own)]
+    ident = ledger.by_number(number) if number is not None else None
+    dups = _drop_duplicates(ident, fresh, pixels, emb, settings.dedup, thr / 2.0)
+    if dups:
+        where = f"#{ident.number} {ident.name}" if ident is not None else "the new identity"
+        notes.append(
+            _note(
+                "duplicates",
+                p,
+                f"{p.source}/{p.name}: {len(dups)} near-duplicate faces of faces already in {where} left out",
+                identity=number,
+                faces=dict(sorted(dups.items())),
+            )
+        )
+    kept = [c for c in fresh if c["face_key"] not in dups]
+    need = int(settings.min_faces.get(p.source, 0))
+    photos = len({c["sha256"] for c in kept})
+    if number is None and p.kind in ("discovered", "routed") and photos < need:
+        notes.append(
+            _note(
+                "held",
+                p,
+                f"{p.source}/{p.name}: {photos} photos after the export's gates and the library's duplicate "
+                f"check, below refine.min_faces {need}: not a library identity until it grows",
+                photos=photos,
+                min_faces=need,
+            )
+        )
+        return None
+    phashes = {c["face_key"]: c.get("phash") for c in kept}
+    crops = [{**c, "phash": phashes[c["face_key"]]} if c["face_key"] in phashes else c for c in p.crops]
+    crops = [c for c in crops if c["face_key"] not in dups]
+    ch = L.apply(ledger, replace(p, crops=crops), number, emb, owner)
+    if ch is not None and p.kind == "identities":
+        split = L.label_split(ledger, p, ch.number, owner)
+        if split is not None:
+            notes.append({**split, "entry": p.name})
+    return ch
+
+
+def merge_notes(ledger: L.Ledger) -> list[dict]:
+    """Every note of the batches the ledger holds (conflicts, held sets, duplicates), in batch order."""
+    return [n for b in ledger.batches.values() for n in b.get("notes", [])]
+
+
+@contextlib.contextmanager
+def library_lock(swap_ready: Path, timeout: float) -> Iterator[None]:
+    """Hold the library's exclusive write lock (``flock`` on ``<library>/.lock``) for the block.
+
+    A second writer waits, saying which process holds the lock, and stops with a clear error
+    after ``timeout`` seconds. The kernel releases the lock when its process dies, so a lock
+    file left by a killed merge never blocks the next one (the pid in it is only information).
+    """
+    path = Path(swap_ready) / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text(encoding="utf-8", errors="replace").strip() or "another process"
+            msg = f"manifest-merge: {swap_ready} is being merged by {holder}; waiting (up to {timeout:g} s)"
+            log.warning(msg)
+            print(msg, file=sys.stderr, flush=True)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise RuntimeError(
+                            f"{path}: the library is still locked by {holder} after {timeout:g} s; "
+                            "run manifest-merge again when that merge has finished (nothing was changed)"
+                        ) from None
+                    time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def clean_leftovers(swap_ready: Path) -> list[str]:
+    """Remove what a crashed merge left: ``.tmp-*`` files and folders, ``.old-*`` swaps, half-written backups."""
+    gone = []
+    for p in sorted(Path(swap_ready).rglob(f"{TMP_PREFIX}*")) + sorted(Path(swap_ready).glob(".old-*")):
+        if not p.exists() or p.parent.name == L.BACKUP_DIR:
+            continue
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+        gone.append(p.relative_to(swap_ready).as_posix())
+    gone += [p.relative_to(swap_ready).as_posix() for p in L.clean_backups(swap_ready)]
+    if gone:
+        log.info("manifest-merge: removed crash leftovers %s", gone)
+    return gone
+
+
+def stale_folders(ledger: L.Ledger, swap_ready: Path) -> list[Path]:
+    """Identity folders whose identity now lives elsewhere (renamed by a label, an era that left _thin/)."""
+    where = {i.number: identity_dir(i) for i in ledger.identities}
+    out = []
+    for man in sorted([*swap_ready.glob(f"*/{MANIFEST}"), *swap_ready.glob(f"_thin/*/{MANIFEST}")]):
+        try:
+            number = json.loads(man.read_text(encoding="utf-8")).get("number")
+        except (OSError, json.JSONDecodeError):
+            continue
+        d = man.parent.relative_to(swap_ready).as_posix()
+        if number in where and where[number] != d:
+            out.append(man.parent)
+    return out
 
 
 def run_merge(
@@ -264,22 +466,31 @@ def run_merge(
     """``facesets manifest-merge``: update ``swap_ready/`` in place; returns a summary.
 
     ``eras``: (identity name, era-split export dir) pairs, folded in after the sources.
+    The whole merge holds the library lock: the ledger is read after the lock is taken.
     """
     swap_ready = Path(swap_ready)
     swap_ready.mkdir(parents=True, exist_ok=True)
-    ledger_path, manifest_path = swap_ready / LEDGER, swap_ready / MANIFEST
-    ledger = L.load(ledger_path)
     batches = [read_export(s, d) for s, d in exports]
     batches += [read_export(f"eras:{name}", d) for name, d in eras]
-    parents = {f"eras:{name}": name for name, _ in eras}
-    changes = merge_batches(ledger, batches, face_tables, settings, parents)
+    with library_lock(swap_ready, settings.lock_timeout):
+        clean_leftovers(swap_ready)
+        return _merge_locked(batches, face_tables, swap_ready, settings, {f"eras:{n}": n for n, _ in eras})
+
+
+def _merge_locked(
+    batches: Sequence[ExportBatch],
+    face_tables: Sequence[Path],
+    swap_ready: Path,
+    settings: MergeSettings,
+    parents: Mapping[str, str],
+) -> dict:
+    ledger_path, manifest_path = swap_ready / LEDGER, swap_ready / MANIFEST
+    ledger = L.load(ledger_path)
+    changes = merge_batches(ledger, batches, face_tables, settings, parents, swap_ready)
     # New members' crops are copied from the exports now (later exports renumber their files).
     rebuilt = [i.name for i in ledger.identities if build_identity(i, swap_ready, settings.top_n)]
-    for ident in ledger.identities:  # an era that left (or entered) _thin/: drop its old folder
-        if ident.kind == "era":
-            stale = swap_ready / (ident.name if ident.thin else f"_thin/{ident.name}")
-            if (stale / MANIFEST).exists():
-                shutil.rmtree(stale)
+    for stale in stale_folders(ledger, swap_ready):  # renamed, or moved in or out of _thin/
+        shutil.rmtree(stale)
     manifest = canonical_manifest(ledger, settings.top_n)
     new_ledger = L.to_json(ledger)
     old_ledger = json.loads(ledger_path.read_text(encoding="utf-8")) if ledger_path.exists() else None
@@ -291,8 +502,13 @@ def run_merge(
     else:
         os.utime(manifest_path)  # tell Snakemake the merge ran, without changing a byte
         os.utime(ledger_path)
+    notes = merge_notes(ledger)
     return {
         "identities": len(ledger.identities),
         "changed": [{"number": c.number, "name": c.name, "created": c.created, "added": len(c.added)} for c in changes],
         "rebuilt": rebuilt,
+        "held": [n for n in notes if n["kind"] == "held"],
+        "conflicts": [n for n in notes if n["kind"] in ("label_conflict", "label_split")],
+        "duplicates_left_out": sum(len(n.get("faces", {})) for n in notes if n["kind"] == "duplicates"),
+        "relocated": [n["message"] for n in notes if n["kind"] == "relocated"],
     }

@@ -18,10 +18,17 @@ rule manifest_merge:
         faces=lambda w: " ".join(f"--faces {t}" for t in all_face_tables()),
         top_n=config["export"]["top_n"],
         backups=config["merge"]["backups"],
+        lock_timeout=config["merge"]["lock_timeout"],
+        # a new discovered identity needs its source's refine.min_faces photos in the library
+        min_faces=lambda w: " ".join(
+            f"--min-faces {s.name}={s.settings['refine']['min_faces']}" for s in WF.sources
+        ),
+        dedup=json.dumps(config["dedup"], sort_keys=True),
     log:
         f"{WORK}/logs/manifest_merge.log",
     conda:
         "../envs/facesets.yaml"
     shell:
         "facesets manifest-merge {params.swap_ready:q} {params.exports} {params.eras} {params.faces}"
+        " {params.min_faces} --dedup-settings {params.dedup:q} --lock-timeout {params.lock_timeout}"
         " --top-n {params.top_n} --backups {params.backups} 2> {log:q}"

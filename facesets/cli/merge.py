@@ -4,21 +4,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from facesets.cli.common import pairs
 
 
 def cmd_manifest_merge(args: argparse.Namespace) -> int:
+    from facesets.dedup import DedupOptions
     from facesets.merge import MergeSettings, run_merge
 
+    min_faces = {}
+    for name, value in pairs(args.min_faces, "--min-faces"):
+        if not str(value).isdigit():
+            raise ValueError(f"--min-faces {name}={value}: expected SOURCE=N (refine.min_faces of that source)")
+        min_faces[name] = int(str(value))
+    dedup = json.loads(args.dedup_settings) if args.dedup_settings else {}
+    known = set(DedupOptions.__dataclass_fields__) - {"workers"}
+    opts = DedupOptions(**{k: v for k, v in dedup.items() if k in known})
+    settings = MergeSettings(
+        top_n=args.top_n, backups=args.backups, min_faces=min_faces, dedup=opts, lock_timeout=args.lock_timeout
+    )
     summary = run_merge(
         pairs(args.export, "--export"),
         [Path(p) for p in args.faces or []],
         Path(args.swap_ready),
-        MergeSettings(top_n=args.top_n, backups=args.backups),
+        settings,
         eras=pairs(args.eras, "--eras"),
     )
+    for note in summary["held"] + summary["conflicts"]:
+        print(f"manifest-merge: {note['message']}", file=sys.stderr)
     print(json.dumps(summary))
     return 0
 
@@ -31,4 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--eras", action="append", help="IDENTITY=ERA_DIR from `facesets era-split` (repeatable)")
     m.add_argument("--top-n", type=int, default=30)
     m.add_argument("--backups", type=int, default=20, help="previous versions kept under .backup/")
+    m.add_argument(
+        "--min-faces",
+        action="append",
+        help="SOURCE=N: refine.min_faces of that source; a new discovered identity needs N photos (repeatable)",
+    )
+    m.add_argument("--dedup-settings", help="JSON of the `dedup` config section (near-duplicates across sources)")
+    m.add_argument("--lock-timeout", type=float, default=3600.0, help="seconds to wait for another merge")
     m.set_defaults(func=cmd_manifest_merge)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -26,9 +27,12 @@ def _vec(axis: int, seed: int = 0) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def _png(path: Path, shade: int) -> None:
+def _png(path: Path, face_key: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(".png", np.full((8, 8, 3), shade, np.uint8))
+    # a distinct texture per crop: flat squares would all be near-duplicates of each other
+    seed = int.from_bytes(face_key.encode()[:8].ljust(8, b"-"), "little")
+    img = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(".png", cv2.resize(img, (64, 64), interpolation=cv2.INTER_NEAREST))
     assert ok
     path.write_bytes(buf.tobytes())
 
@@ -40,7 +44,7 @@ def _export(root: Path, source: str, sets: dict[str, tuple[int, list[str]]], ext
     for name, (axis, keys) in sets.items():
         crops = []
         for i, k in enumerate(keys):
-            _png(d / name / "crops" / f"{i}.png", 10 * i + axis)
+            _png(d / name / "crops" / f"{i}.png", k)
             crops.append(
                 {
                     "file": f"{name}/crops/{i}.png",
@@ -82,10 +86,14 @@ def test_merge_builds_the_library_and_is_idempotent(tmp_path):
     with zipfile.ZipFile(swap / "faceset_001" / "faceset_001_all.fsz") as zf:
         assert len(zf.namelist()) == 3
     assert (swap / "faceset_001" / "s1.txt").exists()
-    before = {p: p.read_bytes() for p in swap.rglob("*") if p.is_file() and ".backup" not in p.parts}
+    before = {
+        p: p.read_bytes() for p in swap.rglob("*") if p.is_file() and ".backup" not in p.parts and p.name != M.LOCK
+    }
     s2 = M.run_merge([("s1", e1)], [faces], swap, M.MergeSettings(top_n=2))
     assert s2["changed"] == [] and s2["rebuilt"] == []
-    after = {p: p.read_bytes() for p in swap.rglob("*") if p.is_file() and ".backup" not in p.parts}
+    after = {
+        p: p.read_bytes() for p in swap.rglob("*") if p.is_file() and ".backup" not in p.parts and p.name != M.LOCK
+    }
     assert after == before
 
 
@@ -176,3 +184,98 @@ def test_face_tables_feed_the_centroids(tmp_path):
     got = M.load_embeddings([path], {"a_0", "missing_0"})
     assert set(got) == {"a_0"} and abs(np.linalg.norm(got["a_0"]) - 1) < 1e-6
     assert schema.face_key("a", 0) == "a_0"
+
+
+def test_a_near_duplicate_from_another_source_is_left_out(tmp_path):
+    out = tmp_path / "out"
+    e1 = _export(out, "s1", {"faceset_001": (0, ["a1_0", "a2_0"])})
+    e2 = _export(out, "s2", {"faceset_001": (0, ["z9_0", "a3_0"])})
+    # z9 is a1's frame at another size (another photo file, so another key and sha256)
+    img = cv2.imread(str(e1 / "faceset_001" / "crops" / "0.png"))
+    cv2.imwrite(str(e2 / "faceset_001" / "crops" / "0.png"), cv2.resize(img, (51, 51), interpolation=cv2.INTER_AREA))
+    faces = _faces(tmp_path / "f.parquet", {"a1_0": 0, "a2_0": 0, "z9_0": 0, "a3_0": 0})
+    swap = out / "facesets_swap_ready"
+    s = M.run_merge([("s1", e1), ("s2", e2)], [faces], swap, M.MergeSettings())
+    led = L.load(swap / "ledger.json")
+    assert set(led.by_number(1).members) == {"a1_0", "a2_0", "a3_0"}
+    assert s["duplicates_left_out"] == 1
+    assert all(m.phash for m in led.by_number(1).members.values())
+
+
+def test_a_discovered_set_below_min_faces_is_held_until_it_grows(tmp_path):
+    out = tmp_path / "out"
+    faces = _faces(tmp_path / "f.parquet", {"a1_0": 0, "a2_0": 0, "a3_0": 0})
+    swap = out / "facesets_swap_ready"
+    e1 = _export(out, "s1", {"faceset_001": (0, ["a1_0", "a2_0"])})
+    s = M.run_merge([("s1", e1)], [faces], swap, M.MergeSettings(min_faces={"s1": 3}))
+    assert s["identities"] == 0 and [n["photos"] for n in s["held"]] == [2]
+    assert "min_faces 3" in s["held"][0]["message"]
+    e1 = _export(out, "s1", {"faceset_001": (0, ["a1_0", "a2_0", "a3_0"])})
+    s = M.run_merge([("s1", e1)], [faces], swap, M.MergeSettings(min_faces={"s1": 3}))
+    assert s["identities"] == 1 and s["held"] == []
+
+
+def test_a_label_renames_the_folder_and_keeps_the_number(tmp_path):
+    out = tmp_path / "out"
+    faces = _faces(tmp_path / "f.parquet", {"a1_0": 0, "a2_0": 0, "a3_0": 0})
+    swap = out / "facesets_swap_ready"
+    e1 = _export(out, "found", {"faceset_001": (0, ["a1_0", "a2_0"])})
+    M.run_merge([("found", e1)], [faces], swap, M.MergeSettings())
+    e2 = _export(out, "sorted", {"alice": (0, ["a2_0", "a3_0"])}, {"alice": {"kind": "identities", "label": "alice"}})
+    M.run_merge([("found", e1), ("sorted", e2)], [faces], swap, M.MergeSettings())
+    man = json.loads((swap / "manifest.json").read_text())
+    assert [(e["number"], e["name"], e["kind"], e["faces"]) for e in man["facesets"]] == [(1, "alice", "identities", 3)]
+    assert not (swap / "faceset_001").exists()
+    assert sorted(p.name for p in (swap / "alice" / "crops").iterdir()) == ["a1_0.png", "a2_0.png", "a3_0.png"]
+
+
+def test_a_second_writer_waits_for_the_lock_and_a_dead_holder_never_blocks(tmp_path):
+    import fcntl
+    import subprocess
+    import sys
+
+    swap = tmp_path / "lib"
+    swap.mkdir()
+    (swap / M.LOCK).write_text("pid 999999 on gone since 00:00:00\n")  # left by a killed merge
+    with M.library_lock(swap, timeout=1):
+        pass  # a stale lock file does not block
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX);"
+            " print('locked', flush=True); time.sleep(float(sys.argv[2]))",
+            str(swap / M.LOCK),
+            "1.5",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RuntimeError, match=r"\.lock.*still locked"), M.library_lock(swap, timeout=0.3):
+        pass
+    with M.library_lock(swap, timeout=30):  # waits until the holder exits, then holds it
+        assert holder.poll() is not None
+        fd = os.open(swap / M.LOCK, os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
+    holder.wait()
+
+
+def test_crash_leftovers_are_cleaned_by_the_next_merge(tmp_path):
+    out = tmp_path / "out"
+    e1 = _export(out, "s1", {"faceset_001": (0, ["a1_0", "a2_0"])})
+    faces = _faces(tmp_path / "f.parquet", {"a1_0": 0, "a2_0": 0})
+    swap = out / "facesets_swap_ready"
+    M.run_merge([("s1", e1)], [faces], swap, M.MergeSettings())
+    (swap / "faceset_001" / "crops" / ".tmp-a9_0.png").write_bytes(b"half")
+    (swap / ".tmp-manifest.json.x1").write_text("{")
+    (swap / ".backup" / ".tmp-20260101T000000-1").mkdir(parents=True)
+    gone = M.clean_leftovers(swap)
+    assert sorted(gone) == [
+        ".backup/.tmp-20260101T000000-1",
+        ".tmp-manifest.json.x1",
+        "faceset_001/crops/.tmp-a9_0.png",
+    ]
+    assert not list(swap.rglob(".tmp-*"))
