@@ -1,7 +1,9 @@
 """Atomic file writes: write to a temp file in the same folder, fsync, rename.
 
 A reader never sees a half-written file, and a crash leaves at most a stray
-``.tmp-*`` file that readers ignore and the next writer may delete.
+``.tmp-*`` file that readers ignore and the next writer may delete. Whole output folders
+are written the same way: ``staged_dir`` yields a temp folder beside the output and swaps
+it in (``replace_dir``) only when the block finishes.
 """
 
 from __future__ import annotations
@@ -58,3 +60,26 @@ def replace_dir(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_temps(out: Path) -> None:
+    """Delete temp/old folders a killed run of this same output left beside it (one writer per
+    output: Snakemake locks it; by hand, do not run two commands on one output)."""
+    for p in list(out.parent.glob(f"{TMP_PREFIX}{out.name}.*")) + list(out.parent.glob(f".old-{out.name}-*")):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_dir(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temp folder beside ``out``; when the block ends without an error, swap it in
+    place of ``out``; on any error (Ctrl-C included) delete it and leave ``out`` as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + out.name + ".", dir=out.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

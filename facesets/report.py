@@ -19,20 +19,17 @@ import html
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from facesets.atomic import write_text
+from facesets.atomic import staged_dir, write_text
+from facesets.quality import COMPONENTS
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("frontality", "det_score", "symmetry", "face_size", "sharpness")
 COMPONENT_COLOURS = ((70, 130, 220), (90, 170, 90), (200, 150, 40), (160, 90, 190), (210, 80, 80))
 BACKGROUND = (246, 246, 244)
 INK = (30, 30, 30)
@@ -42,9 +39,11 @@ LABEL_H = 22 + 5 * len(COMPONENTS) + 6  # score band + one bar per component, be
 
 @dataclass(frozen=True)
 class SheetOptions:
-    columns: int = 8
-    thumb: int = 150  # pixels per crop thumbnail
-    max_tiles: int = 200  # crops shown per face set (the best by score)
+    """The ``report`` config section (defaults there; build with ``facesets.options.build``)."""
+
+    columns: int
+    thumb: int  # pixels per crop thumbnail
+    max_tiles: int  # crops shown per face set (the best by score)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -156,22 +155,12 @@ def contact_sheets(export_dir: Path, out_dir: Path, opts: SheetOptions) -> list[
     """One PNG per face set of the export into ``out_dir`` (replaced atomically as a folder)."""
     export_dir, out_dir = Path(export_dir), Path(out_dir)
     manifest = read_export_manifest(export_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-" + out_dir.name + ".", dir=out_dir.parent))
     written = []
-    try:
+    with staged_dir(out_dir) as tmp:
         for entry in manifest.get("facesets", []):
             dest = tmp / sheet_name(entry.get("name", "faceset"))
             render_sheet(export_dir, entry, manifest.get("source", ""), opts).save(dest, optimize=True)
             written.append(out_dir / dest.name)
-        if out_dir.exists():
-            old = out_dir.with_name(f".old-{out_dir.name}-{os.getpid()}")
-            os.replace(out_dir, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return written
 
 

@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 
 from facesets import thresholds
-from facesets.export import (
+from facesets.export import resolve_options
+from facesets.options import section
+from facesets.quality import (
     COMPONENTS,
-    ExportOptions,
     Norms,
     composite_score,
     det_component,
@@ -15,7 +16,6 @@ from facesets.export import (
     kps_yaw,
     norms_for,
     quality_components,
-    resolve_options,
     sharpness_component,
     size_component,
 )
@@ -43,8 +43,7 @@ def test_yaw_from_keypoints_has_the_right_sign_and_size():
 
 def test_det_size_and_sharpness_normalisations():
     assert det_component(np.array([0.3, 0.5, 0.75, 1.0]), N).tolist() == pytest.approx([0, 0, 0.5, 1])
-    opts = ExportOptions(outlier_tight=0.42, candidate_distance=0.52)
-    n = norms_for(opts)
+    n = norms_for(512, 0.5)
     assert n.full_face == 256  # 512 px crop, face = half of it at pad 0.5
     assert size_component(np.array([64, 128, 256, 1000]), n).tolist() == pytest.approx([0.25, 0.5, 1, 1])
     mid = np.sqrt(N.blur_lo * N.blur_hi)  # log scale: the geometric mean is halfway
@@ -74,7 +73,7 @@ def test_components_from_a_quality_table_and_the_weighted_sum():
     assert c.loc["k0"].tolist() == pytest.approx([1, 1, 1, 1, 1])
     assert c.loc["k1"].tolist() == pytest.approx([0.5, 0.5, 0.5, 0.5, 0.0])
     assert c.loc["k2"].tolist() == pytest.approx([1.0, 0.0, 0.0, 0.25, N.neutral])  # unknown blur: neutral
-    w = ExportOptions(outlier_tight=0.4, candidate_distance=0.5).weights
+    w = section("export")["weights"]
     score = composite_score(c, w)
     assert score[0] == pytest.approx(1.0)
     assert score[1] == pytest.approx(0.30 * 0.5 + 0.20 * 0.5 + 0.20 * 0.5 + 0.15 * 0.5 + 0.15 * 0.0)

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from facesets import imageio
+from facesets.options import build
 from facesets.report import (
     LABEL_H,
     SheetOptions,
@@ -78,7 +79,7 @@ def fixture_export(demo_photos, tmp_path_factory, opencv_analyzer) -> Path:
 
 
 def test_one_sheet_per_faceset_with_the_crops_in_score_order(fixture_export, tmp_path):
-    opts = SheetOptions(columns=4, thumb=120)
+    opts = build(SheetOptions, "report", {"columns": 4, "thumb": 120})
     written = contact_sheets(fixture_export, tmp_path / "sheets", opts)
     assert sorted(p.name for p in (tmp_path / "sheets").iterdir()) == [
         "faceset_001.png",
@@ -107,7 +108,7 @@ def test_one_sheet_per_faceset_with_the_crops_in_score_order(fixture_export, tmp
 
 
 def test_max_tiles_and_empty_faceset(fixture_export, tmp_path):
-    contact_sheets(fixture_export, tmp_path / "s", SheetOptions(columns=3, thumb=100, max_tiles=5))
+    contact_sheets(fixture_export, tmp_path / "s", build(SheetOptions, "report", {"columns": 3, "thumb": 100, "max_tiles": 5}))
     h = Image.open(tmp_path / "s" / "faceset_001.png").height
     assert h == 78 + 16 + 2 * (100 + LABEL_H + 8)  # 5 tiles in 2 rows of 3
     empty = Image.open(tmp_path / "s" / "faceset_003.png")
@@ -118,14 +119,14 @@ def test_sheets_folder_is_replaced_atomically(fixture_export, tmp_path):
     out = tmp_path / "s"
     out.mkdir()
     (out / "stale.png").write_bytes(b"x")
-    contact_sheets(fixture_export, out, SheetOptions())
+    contact_sheets(fixture_export, out, build(SheetOptions, "report"))
     assert not (out / "stale.png").exists() and len(list(out.iterdir())) == 3
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_missing_manifest_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"manifest\.json"):
-        contact_sheets(tmp_path, tmp_path / "s", SheetOptions())
+        contact_sheets(tmp_path, tmp_path / "s", build(SheetOptions, "report"))
 
 
 def test_sheet_names_are_safe():

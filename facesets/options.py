@@ -1,0 +1,28 @@
+"""Options dataclasses from config sections: the defaults live only in config/schemas/config.schema.yaml.
+
+An options dataclass (``ClusterOptions``, ``SheetOptions``, ...) declares the fields a stage
+needs and no defaults; ``build`` fills it from a section validated against the schema, so a
+default is written once (tests/unit/test_layout.py checks that no dataclass repeats one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def section(name: str, values: Mapping[str, Any] | None = None, where: str | None = None) -> dict[str, Any]:
+    """The config section ``name`` with the schema's defaults filled in, validated (ConfigError)."""
+    from facesets.config import load_schema, validate
+
+    return validate(dict(values or {}), load_schema("config")["properties"][name], where or f"{name} settings")
+
+
+def build(cls: type[T], name: str, values: Mapping[str, Any] | None = None, **override: Any) -> T:
+    """``cls`` from section ``name`` (defaults filled in); ``override`` sets fields the section
+    does not hold or that the caller resolved (e.g. a distance from the model profile)."""
+    s = {**section(name, values), **override}
+    return cls(**{f.name: s[f.name] for f in fields(cls)})  # type: ignore[arg-type]
