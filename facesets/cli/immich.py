@@ -126,12 +126,14 @@ def run(args: argparse.Namespace) -> int:
         exclude=tuple(args.exclude if args.exclude is not None else stage_defaults["exclude"]["default"]),
         visibility=tuple(block["visibility"]),
         page_size=block["page_size"],
+        recheck_no_face=bool(block["recheck_no_face"] or args.recheck_no_face),
     )
     copts = ClientOptions(
         timeout_s=float(block["timeout_s"]),
         retries=block["retries"],
         backoff_s=float(block["backoff_s"]),
         breaker_errors=block["breaker_errors"],
+        max_rate_limit_wait_s=float(block["max_rate_limit_wait_s"]),
         ca_bundle=block["ca_bundle"],
         pool_size=max(16, 2 * block["workers"]),
     )
@@ -193,4 +195,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-dir", help="opencv model cache (default: <store>/../models)")
     p.add_argument("--cache", help="hash cache of the listing step")
     p.add_argument("--hash-workers", type=int, default=4)
+    p.add_argument(
+        "--recheck-no-face",
+        action="store_true",
+        help="ask Immich again about every asset skipped for no (big enough) face, e.g. after its face "
+        "detection job finished (same as immich.recheck_no_face: true)",
+    )
     p.set_defaults(func=run)

@@ -22,7 +22,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +37,7 @@ T = TypeVar("T")
 # x-immich-permission of each endpoint, from the OpenAPI spec (v3.1.0).
 PERMISSIONS = {
     ("POST", "/search/metadata"): "asset.read",
+    ("GET", "/server/version"): "(none)",
     ("GET", "/faces"): "face.read",
     ("GET", "/assets/{id}/original"): "asset.download",
 }
@@ -78,8 +79,9 @@ class ClientOptions:
     retries: int = 5
     backoff_s: float = 1.0
     backoff_max_s: float = 30.0
-    max_retry_after_s: float = 300.0
+    max_retry_after_s: float = 300.0  # one wait at most this long, whatever Retry-After says
     max_rate_limited: int = 50  # 429s tolerated for one request before giving up
+    max_rate_limit_wait_s: float = 900.0  # all Retry-After waits of one request together
     breaker_errors: int = 12
     probe_timeout_s: float = 5.0
     ca_bundle: str | None = None
@@ -175,6 +177,25 @@ class Download:
     size: int
     sha1_b64: str
     sha256: str
+    length_checked: bool = False  # the body's size matched the server's Content-Length
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every secret replaced by ``***`` (a server may echo the key in an error)."""
+    for s in secrets:
+        if s and s in text:
+            text = text.replace(s, "***")
+    return text
+
+
+def parse_version(body: Any) -> tuple[int, int, int]:
+    """``GET /api/server/version`` -> (major, minor, patch); ValueError when not that shape."""
+    if not isinstance(body, dict):
+        raise ValueError("server/version: expected an object")
+    try:
+        return tuple(int(body[k]) for k in ("major", "minor", "patch"))  # type: ignore[return-value]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("server/version: major/minor/patch missing or not numbers") from None
 
 
 class ImmichClient:
@@ -204,6 +225,7 @@ class ImmichClient:
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers.update({"x-api-key": api_key, "Accept": "application/json"})
+        self._secrets = (api_key,)  # only for redaction: never formatted into anything
         self._session.verify = self.opts.ca_bundle or True
         # Environment settings would override `verify` (requests lets REQUESTS_CA_BUNDLE win over
         # Session.verify) and add netrc credentials: off. Proxies from the environment still apply.
@@ -221,6 +243,10 @@ class ImmichClient:
 
     def close(self) -> None:
         self._session.close()
+
+    def redaction_secrets(self) -> tuple[str, ...]:
+        """What stored messages must never contain (for ``State``'s redaction; never printed)."""
+        return self._secrets
 
     # -- the endpoints -------------------------------------------------------------------
 
@@ -240,6 +266,21 @@ class ImmichClient:
     def search_metadata(self, body: dict[str, Any]) -> Any:
         return self._call("POST", "/search/metadata", "/search/metadata", json_body=body)
 
+    def server_version(self) -> tuple[int, int, int] | None:
+        """``GET /api/server/version``; None when the server has no such endpoint (404)."""
+        try:
+            body = self._call("GET", "/server/version", "/server/version")
+        except ImmichRequestError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        try:
+            return parse_version(body)
+        except ValueError as exc:
+            from facesets.immich.models import ResponseShapeError
+
+            raise ResponseShapeError(str(exc)) from None
+
     def faces(self, asset_id: str) -> Any:
         return self._call("GET", "/faces", "/faces", params={"id": asset_id})
 
@@ -258,7 +299,8 @@ class ImmichClient:
             if expected is not None and expected.isdigit() and int(expected) != size:
                 raise requests.exceptions.ChunkedEncodingError(f"body truncated: {size} of {expected} bytes")
             self.stats.add(bytes=size)
-            return Download(size, base64.b64encode(sha1.digest()).decode(), sha256.hexdigest())
+            checked = expected is not None and expected.isdigit()
+            return Download(size, base64.b64encode(sha1.digest()).decode(), sha256.hexdigest(), checked)
 
         return self._call(
             "GET",
@@ -318,7 +360,7 @@ class ImmichClient:
     ) -> Any:
         url = self.base_url + "/api" + path
         what_req = f"{method} /api{path}"
-        attempt, limited = 0, 0
+        attempt, limited, waited = 0, 0, 0.0
         while True:
             self._check_breaker()
             self.stats.add(requests=1)
@@ -335,8 +377,11 @@ class ImmichClient:
                 )
             except requests.exceptions.SSLError as exc:
                 raise ImmichTLSError(
-                    f"TLS verification of {self.base_url} failed ({_short(exc)}); if the server uses a private "
-                    "CA, set immich.ca_bundle to its certificate file (verification cannot be turned off)"
+                    redact(
+                        f"TLS verification of {self.base_url} failed ({_short(exc)}); if the server uses a private "
+                        "CA, set immich.ca_bundle to its certificate file (verification cannot be turned off)",
+                        self._secrets,
+                    )
                 ) from None
             except requests.exceptions.Timeout:
                 failure = f"{what_req}: timed out"
@@ -353,15 +398,35 @@ class ImmichClient:
                         self.stats.add(rate_limited=1)
                         if limited > self.opts.max_rate_limited:
                             raise ImmichTransientError(f"{what_req}: still rate limited after {limited} tries")
-                        wait = retry_after_seconds(resp.headers.get("Retry-After"))
-                        wait = self._backoff(min(limited, 6)) if wait is None else wait
-                        self._sleep(min(wait, self.opts.max_retry_after_s))
+                        asked = retry_after_seconds(resp.headers.get("Retry-After"))
+                        wait = self._backoff(min(limited, 6)) if asked is None else asked
+                        budget = self.opts.max_rate_limit_wait_s - waited
+                        if budget <= 0:
+                            raise ImmichTransientError(
+                                f"{what_req}: still rate limited after waiting {waited:.0f} s in all, the cap on "
+                                f"Retry-After waits per request (immich.max_rate_limit_wait_s = "
+                                f"{self.opts.max_rate_limit_wait_s:.0f} s)"
+                            )
+                        capped = min(wait, self.opts.max_retry_after_s, budget)
+                        if asked is not None and capped < asked:
+                            log.warning(
+                                "%s: rate limited, the server asks to wait %.0f s; waiting %.0f s (at most %.0f s "
+                                "per wait and %.0f s per request in all)",
+                                what_req,
+                                asked,
+                                capped,
+                                self.opts.max_retry_after_s,
+                                self.opts.max_rate_limit_wait_s,
+                            )
+                        self._sleep(capped)
+                        waited += capped
                         continue
                     if status >= 500:
                         failure = f"{what_req}: HTTP {status}"
                     elif status >= 400:
                         self.breaker.success()
-                        raise ImmichRequestError(f"{what_req}: HTTP {status} {_error_message(resp)}", status)
+                        msg = redact(f"{what_req}: HTTP {status} {_error_message(resp)}", self._secrets)
+                        raise ImmichRequestError(msg, status)
                     else:
                         try:
                             result = consume(resp) if consume else resp.json()
@@ -375,7 +440,7 @@ class ImmichClient:
             log.debug("attempt %d failed: %s", attempt, failure)
             self._failed(failure)
             if attempt > self.opts.retries:
-                raise ImmichTransientError(f"{failure} (gave up after {attempt} attempts)")
+                raise ImmichTransientError(redact(f"{failure} (gave up after {attempt} attempts)", self._secrets))
             self._sleep(self._backoff(attempt))
 
 

@@ -4,6 +4,12 @@ Immich detects faces on its preview (usually 1440 px on the long side, EXIF orie
 applied) and reports each box with the preview's size (``imageWidth`` x ``imageHeight``). The
 prefilter needs the short edge in the original's oriented pixels, so boxes are scaled by
 original size / preview size per axis.
+
+An asset edited in Immich (``isEdited``; crop, rotate, mirror) is different since v2.5
+(immich PR #27220): its boxes are in the *edited full-resolution* frame, whose size is
+``imageWidth`` x ``imageHeight``. Those edits keep the pixel scale of the original, so a box's
+short edge there is already its short edge in the original: no scaling (scaling by original /
+edited size would inflate a cropped photo's faces).
 """
 
 from __future__ import annotations
@@ -85,5 +91,16 @@ def face_short(box: FaceBox, orig_w: int, orig_h: int) -> float:
     return 0.0 if b is None else min(b[2] - b[0], b[3] - b[1])
 
 
-def largest_face_short(boxes: Iterable[FaceBox], orig_w: int, orig_h: int) -> float:
+def edited_face_short(box: FaceBox) -> float:
+    """Short edge of a box given in an edited asset's full-resolution frame (clipped to it)."""
+    if box.image_width <= 0 or box.image_height <= 0:
+        return 0.0
+    x1, x2 = (min(max(v, 0.0), float(box.image_width)) for v in sorted((box.x1, box.x2)))
+    y1, y2 = (min(max(v, 0.0), float(box.image_height)) for v in sorted((box.y1, box.y2)))
+    return min(x2 - x1, y2 - y1)
+
+
+def largest_face_short(boxes: Iterable[FaceBox], orig_w: int, orig_h: int, edited: bool = False) -> float:
+    if edited:
+        return max((edited_face_short(b) for b in boxes), default=0.0)
     return max((face_short(b, orig_w, orig_h) for b in boxes), default=0.0)

@@ -8,6 +8,8 @@ inside ``people``) are ignored, never parsed.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,22 @@ class Asset:
     is_offline: bool
     visibility: str | None
     owner_id: str | None
+    library_id: str | None = None  # set for assets of an external library
+    updated_at: str | None = None  # changes when Immich changes the asset (a late face detection may)
+    is_edited: bool = False  # since v2.5 /faces of an edited asset are in the edited full-size frame
+
+    @property
+    def path_checksum(self) -> bool:
+        """True when ``checksum`` is Immich's SHA-1 of ``"path:" + originalPath`` (external
+        libraries hash the path, not the bytes; library service, ``sha1-path``), so the
+        downloaded bytes cannot be checked against it."""
+        return self.checksum == sha1_path_checksum(self.original_path)
+
+
+def sha1_path_checksum(original_path: str) -> str:
+    """The base64 SHA-1 of ``"path:" + originalPath``: an external-library asset's checksum."""
+    digest = hashlib.sha1(("path:" + original_path).encode("utf-8", "surrogatepass")).digest()
+    return base64.b64encode(digest).decode()
 
 
 def _need(d: dict[str, Any], key: str, kind: type, what: str) -> Any:
@@ -73,6 +91,9 @@ def parse_asset(d: Any) -> Asset:
         is_offline=bool(d.get("isOffline", False)),
         visibility=d.get("visibility") if isinstance(d.get("visibility"), str) else None,
         owner_id=d.get("ownerId") if isinstance(d.get("ownerId"), str) else None,
+        library_id=d.get("libraryId") if isinstance(d.get("libraryId"), str) else None,
+        updated_at=d.get("updatedAt") if isinstance(d.get("updatedAt"), str) else None,
+        is_edited=d.get("isEdited") is True,
     )
 
 
@@ -80,6 +101,7 @@ def parse_asset(d: Any) -> Asset:
 class SearchPage:
     assets: list[Asset]
     next_page: int | None
+    next_cursor: str | None = None  # v3.2+ filter-tree search: the opaque cursor of the next page
 
 
 def parse_search_page(body: Any) -> SearchPage:
@@ -101,8 +123,25 @@ def parse_search_page(body: Any) -> SearchPage:
     return SearchPage([parse_asset(a) for a in items], next_page)
 
 
+def parse_cursor_page(body: Any) -> SearchPage:
+    """v3.2+ ``POST /api/search/metadata`` with a ``filter`` tree -> assets and ``nextCursor``."""
+    if not isinstance(body, dict) or not isinstance(body.get("assets"), dict):
+        raise ResponseShapeError("search/metadata: expected an object with 'assets'")
+    block = body["assets"]
+    items = block.get("items")
+    if not isinstance(items, list):
+        raise ResponseShapeError("search/metadata: 'assets.items' missing or not a list")
+    if "nextCursor" not in block:
+        raise ResponseShapeError("search/metadata: 'assets.nextCursor' missing (not the v3.2 search API?)")
+    nxt = block["nextCursor"]
+    if nxt is not None and (not isinstance(nxt, str) or not nxt):
+        raise ResponseShapeError("search/metadata: 'nextCursor' is not a string or null")
+    return SearchPage([parse_asset(a) for a in items], None, nxt)
+
+
 def parse_faces(body: Any) -> list[FaceBox]:
-    """``GET /api/faces?id=<asset>`` -> boxes in the preview's pixel space."""
+    """``GET /api/faces?id=<asset>`` -> boxes in the pixel space of ``imageWidth`` x ``imageHeight``
+    (the preview; for an asset edited in Immich v2.5+, the edited full-size image)."""
     if not isinstance(body, list):
         raise ResponseShapeError("faces: expected a list")
     out = []

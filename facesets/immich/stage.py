@@ -2,8 +2,13 @@
 
 ``stage_immich`` runs against one server with one client per API key. Order of work:
 
-1. Enumerate every IMAGE asset of every key with ``POST /api/search/metadata``, once per
-   configured visibility (always explicit), paging until ``nextPage`` is null.
+1. Ask the server's version (``GET /api/server/version``) and enumerate every IMAGE asset of
+   every key with ``POST /api/search/metadata``, once per configured visibility (always
+   explicit): before v3.2 with the flat fields, paging until ``nextPage`` is null; from v3.2
+   on (flat fields deprecated, removed in v4) with a ``filter`` tree, following ``nextCursor``.
+   The listing is taken twice (offset paging skips an asset when an earlier one goes away
+   meanwhile); an asset only the second pass saw is kept, and if a third pass still finds new
+   ones the report names the gap instead of finishing quietly.
 2. Select from the enumeration alone (recomputed every run): IMAGE, not trashed, not
    offline, ``originalPath`` passes the include/exclude globs. Assets with the same checksum
    (same bytes) form a group; one asset per group is processed (the one already staged,
@@ -12,8 +17,12 @@
    deterministically against paths already claimed; save the state.
 4. Process the winners with N workers: ``GET /api/faces?id=``, scale the boxes to the
    oriented original, skip when no face is at least ``min_face_short`` px; download the
-   original into a temp file beside its target, verify the base64 SHA-1, then drop it when
-   its sha256 is already in the face store or was staged earlier, else rename it into place.
+   original into a temp file beside its target, verify the base64 SHA-1 (external-library
+   assets carry a SHA-1 of their path instead: their bytes are checked against the
+   Content-Length, or by a second download when there is none), then drop it when its sha256
+   is already in the face store or was staged earlier, else rename it into place.
+   "No face" and "no big face" are re-asked when the asset's ``updatedAt`` or
+   ``min_face_short`` changed, or for all of them with ``recheck_no_face``.
 
 Every decision is recorded in ``state.json``; finished ones are never fetched again. An
 outage (circuit breaker), an auth error or Ctrl-C saves the state and raises.
@@ -44,7 +53,7 @@ from facesets.immich.client import (
     ImmichTLSError,
 )
 from facesets.immich.geometry import largest_face_short
-from facesets.immich.models import Asset, ResponseShapeError, parse_faces, parse_search_page
+from facesets.immich.models import Asset, ResponseShapeError, parse_cursor_page, parse_faces, parse_search_page
 from facesets.immich.paths import PathClaims, path_under, safe_relpath, split_server_path
 from facesets.immich.state import FINAL_SKIPS, State
 
@@ -62,6 +71,8 @@ class StageOptions:
     visibility: tuple[str, ...] = ("timeline", "archive")
     page_size: int = 250
     checksum_retries: int = 2  # downloads again when the bytes do not match the checksum
+    recheck_no_face: bool = False  # ask Immich again about every no_face / no_big_face asset
+    listing_passes: int = 3  # at most: 2 always, a 3rd when the 2nd found assets the 1st missed
     state_interval_s: float = 1.0
     progress_interval_s: float = 10.0
 
@@ -88,6 +99,13 @@ class StageReport:
     downloads_now: int = 0
     adopted_now: int = 0
     checksum_mismatches: int = 0
+    external_verified_now: int = 0  # path-checksum (external library) downloads checked by size / twice
+    rechecked_now: int = 0  # no_face / no_big_face assets asked again this run
+    server_version: str = ""
+    search_api: str = ""  # flat (page) | filter (cursor, v3.2+)
+    listing_passes: int = 0
+    listing_late: int = 0  # assets the first listing pass missed and a later pass found
+    listing_gap: int = 0  # assets the last pass still found new: the listing may be incomplete
     request_retries: int = 0
     rate_limited: int = 0
     requests: int = 0
@@ -115,6 +133,17 @@ def format_report(r: StageReport) -> str:
         f"{r.requests} requests, {r.request_retries} retries, {r.rate_limited} rate-limited, "
         f"{r.checksum_mismatches} checksum mismatches",
     ]
+    if r.listing_passes:
+        lines.append(
+            f"  listing: Immich {r.server_version or '?'} ({r.search_api} search), {r.listing_passes} passes, "
+            f"{r.listing_late} assets only a later pass saw"
+            + (f"; GAP: the last pass still found {r.listing_gap} new assets, re-run" if r.listing_gap else "")
+        )
+    if r.rechecked_now or r.external_verified_now:
+        lines.append(
+            f"  re-checked no-face assets {r.rechecked_now}, external-library downloads verified by size "
+            f"{r.external_verified_now}"
+        )
     if r.message:
         lines.append(f"  {r.message}")
     return "\n".join(lines)
@@ -152,32 +181,107 @@ def selection_reason(asset: Asset, opts: StageOptions) -> str | None:
     return None
 
 
-def enumerate_assets(clients: Sequence[ImmichClient], opts: StageOptions) -> dict[str, tuple[Asset, int]]:
-    """Every asset of every key and visibility: id -> (asset, index of the first key that saw it)."""
-    seen: dict[str, tuple[Asset, int]] = {}
-    for k, client in enumerate(clients):
-        for vis in opts.visibility:
-            page: int | None = 1
-            while page is not None:
-                body = {"type": "IMAGE", "page": page, "size": opts.page_size, "visibility": vis, "withExif": False}
-                result = parse_search_page(client.search_metadata(body))
-                for a in result.assets:
-                    seen.setdefault(a.id, (a, k))
-                if result.next_page is not None and (result.next_page <= page or not result.assets):
-                    raise ResponseShapeError(
-                        f"search/metadata: nextPage {result.next_page} after page {page} "
-                        f"with {len(result.assets)} items would never end"
-                    )
-                page = result.next_page
-            log.info(
-                "immich %s: key %d (%s), visibility %s: %d assets so far",
-                opts.label,
-                k + 1,
-                "$" + client.key_name,
-                vis,
-                len(seen),
+FILTER_API_SINCE = (3, 2, 0)  # immich PR #30179: filter tree + cursor; flat fields deprecated
+
+
+@dataclass(frozen=True)
+class ListingInfo:
+    server_version: str
+    search_api: str  # "flat" | "filter"
+    passes: int
+    late: int  # found only by a pass after the first
+    gap: int  # found new by the last pass (the listing kept changing)
+
+
+def search_api_for(version: tuple[int, int, int] | None) -> str:
+    """The search API a server has: ``filter`` from v3.2 on, ``flat`` before (and when unknown)."""
+    return "filter" if version is not None and version >= FILTER_API_SINCE else "flat"
+
+
+def _list_once(client: ImmichClient, vis: str, api: str, page_size: int) -> list[Asset]:
+    """One full listing of one key and visibility."""
+    out: list[Asset] = []
+    if api == "filter":
+        cursor: str | None = None
+        seen_cursors: set[str] = set()
+        while True:
+            body: dict[str, Any] = {
+                "filter": {"type": {"eq": "IMAGE"}, "visibility": {"eq": vis}},
+                "size": page_size,
+                "withExif": False,
+            }
+            if cursor is not None:
+                body["cursor"] = cursor
+            result = parse_cursor_page(client.search_metadata(body))
+            out += result.assets
+            if result.next_cursor is None:
+                return out
+            if result.next_cursor in seen_cursors or not result.assets:
+                raise ResponseShapeError(
+                    f"search/metadata: nextCursor repeats or follows an empty page ({len(out)} items so far)"
+                )
+            seen_cursors.add(result.next_cursor)
+            cursor = result.next_cursor
+    page: int | None = 1
+    while page is not None:
+        body = {"type": "IMAGE", "page": page, "size": page_size, "visibility": vis, "withExif": False}
+        result = parse_search_page(client.search_metadata(body))
+        out += result.assets
+        if result.next_page is not None and (result.next_page <= page or not result.assets):
+            raise ResponseShapeError(
+                f"search/metadata: nextPage {result.next_page} after page {page} "
+                f"with {len(result.assets)} items would never end"
             )
-    return seen
+        page = result.next_page
+    return out
+
+
+def enumerate_assets(
+    clients: Sequence[ImmichClient], opts: StageOptions
+) -> tuple[dict[str, tuple[Asset, int]], ListingInfo]:
+    """Every asset of every key and visibility: id -> (asset, index of the first key that saw it).
+
+    Repeated passes (see the module doc) make the union complete unless the library keeps
+    changing; the later passes' asset data win (it is the newer).
+    """
+    version = clients[0].server_version()
+    api = search_api_for(version)
+    vtext = ".".join(map(str, version)) if version else "unknown (no /server/version)"
+    log.info("immich %s: server version %s, %s search API", opts.label, vtext, api)
+    seen: dict[str, tuple[Asset, int]] = {}
+    late = gap = 0
+    passes = 0
+    for n in range(max(1, opts.listing_passes)):
+        passes = n + 1
+        new_ids: set[str] = set()
+        this_pass: dict[str, tuple[Asset, int]] = {}
+        for k, client in enumerate(clients):
+            for vis in opts.visibility:
+                for a in _list_once(client, vis, api, opts.page_size):
+                    this_pass.setdefault(a.id, (a, k))
+        for aid, (a, k) in this_pass.items():
+            if aid not in seen:
+                new_ids.add(aid)
+                seen[aid] = (a, k)
+            else:
+                seen[aid] = (a, seen[aid][1])
+        log.info("immich %s: listing pass %d: %d assets, %d new", opts.label, passes, len(this_pass), len(new_ids))
+        if n == 0:
+            continue
+        if not new_ids:
+            gap = 0
+            break
+        late += len(new_ids)
+        gap = len(new_ids)
+    if gap:
+        log.warning(
+            "immich %s: the listing kept changing: pass %d still found %d assets the earlier passes missed; "
+            "the listing may be incomplete, run the stage again",
+            opts.label,
+            passes,
+            gap,
+        )
+    return seen, ListingInfo(vtext, api, passes, late, gap)
 
 
 def _sha1_b64_and_sha256(path: Path) -> tuple[str, str]:
@@ -189,19 +293,43 @@ def _sha1_b64_and_sha256(path: Path) -> tuple[str, str]:
     return base64.b64encode(sha1.digest()).decode(), sha256.hexdigest()
 
 
-def _final(rec: dict[str, Any] | None, files: Path, in_store: Callable[[str], bool]) -> bool:
-    """A decision that needs no new request: a staged file still there, a face-size skip,
-    or bytes the face store still holds."""
+def _final(
+    rec: dict[str, Any] | None,
+    asset: Asset,
+    files: Path,
+    in_store: Callable[[str], bool],
+    opts: StageOptions,
+    staged_shas: frozenset[str] = frozenset(),
+) -> bool:
+    """A decision that needs no new request: a staged file still there, a face-size skip whose
+    grounds did not change, bytes the face store still holds, or bytes another asset of this
+    label holds staged (found by the download's sha256: e.g. an external-library copy, whose
+    path checksum differs from its twin's)."""
     if not rec:
         return False
+    if rec.get("status") == "skipped" and rec.get("reason") == "duplicate" and rec.get("sha256"):
+        return rec["sha256"] in staged_shas
     if rec.get("status") == "staged":
         try:
             return path_under(files, rec["path"]).stat().st_size == rec.get("size")
         except (OSError, KeyError, ValueError):
             return False
     if rec.get("status") == "skipped" and rec.get("reason") in FINAL_SKIPS:
-        return rec["reason"] != "in_store" or in_store(rec.get("sha256", ""))
+        if rec["reason"] == "in_store":
+            return in_store(rec.get("sha256", ""))
+        return not face_skip_stale(rec, asset, opts)
     return False
+
+
+def face_skip_stale(rec: dict[str, Any], asset: Asset, opts: StageOptions) -> bool:
+    """A no_face / no_big_face decision to take again: on request, when Immich changed the asset
+    since (``updatedAt``: e.g. face detection ran late), or when ``min_face_short`` changed.
+    Records from before these fields were kept count as changed."""
+    if opts.recheck_no_face:
+        return True
+    if rec.get("updated_at") != asset.updated_at:
+        return True
+    return rec.get("min_face_short") != opts.min_face_short
 
 
 class _Worker:
@@ -229,16 +357,45 @@ class _Worker:
             counters["error"] = 1
         return Outcome(asset.id, fields, counters)
 
-    def _big_enough(self, faces, size) -> tuple[bool, float]:
-        short = largest_face_short(faces, *size)
+    def _big_enough(self, faces, size, edited: bool = False) -> tuple[bool, float]:
+        short = largest_face_short(faces, *size, edited=edited)
         return short >= self.opts.min_face_short, round(short, 1)
+
+    def _face_skip(self, asset: Asset, reason: str, short: float) -> dict[str, Any]:
+        return {
+            "status": "skipped",
+            "reason": reason,
+            "face_short": short,
+            "updated_at": asset.updated_at,
+            "min_face_short": self.opts.min_face_short,
+        }
+
+    def _matches(self, asset: Asset, d, client, tmp: Path, counters: dict[str, int]) -> bool:
+        """Do the downloaded bytes belong to the asset? Content checksum: SHA-1 equal. Path
+        checksum (external library): the body had the announced Content-Length, else a second
+        download gave the same bytes."""
+        if not asset.path_checksum:
+            return d.sha1_b64 == asset.checksum
+        if d.length_checked:
+            counters["external_verified"] = 1
+            return True
+        again = client.download_original(asset.id, tmp.with_suffix(".again"))
+        tmp.with_suffix(".again").unlink(missing_ok=True)
+        counters["downloads"] = counters.get("downloads", 0) + 1
+        counters["bytes"] = counters.get("bytes", 0) + again.size
+        if again.sha256 == d.sha256:
+            counters["external_verified"] = 1
+            return True
+        return False
 
     def _run(self, asset: Asset, key: int, relpath: str, counters: dict[str, int], restage: bool) -> dict[str, Any]:
         client = self.clients[key]
         target = path_under(self.files, relpath)
         if target.is_file():  # staged before a crash that lost the state write: adopt it
             sha1, sha256 = _sha1_b64_and_sha256(target)
-            if sha1 == asset.checksum:
+            # A path checksum says nothing about bytes; but only complete, verified downloads
+            # are ever renamed to a claimed path, so a file there is one.
+            if sha1 == asset.checksum or (asset.path_checksum and target.stat().st_size > 0):
                 with self.lock:
                     self.staged_sha.setdefault(sha256, asset.id)
                 counters["adopted"] = 1
@@ -248,13 +405,13 @@ class _Worker:
         faces = parse_faces(client.faces(asset.id))
         counters["faces"] = 1
         if not faces:
-            return {"status": "skipped", "reason": "no_face", "face_short": 0.0}
+            return self._face_skip(asset, "no_face", 0.0)
         size = (asset.width, asset.height) if asset.width and asset.height else None
         short = None
-        if size:
-            ok, short = self._big_enough(faces, size)
+        if size or asset.is_edited:
+            ok, short = self._big_enough(faces, size or (0, 0), asset.is_edited)
             if not ok:
-                return {"status": "skipped", "reason": "no_big_face", "face_short": short}
+                return self._face_skip(asset, "no_big_face", short)
         if self.stop.is_set():
             raise _Stopped
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -265,7 +422,7 @@ class _Worker:
                 d = client.download_original(asset.id, tmp)
                 counters["downloads"] = counters.get("downloads", 0) + 1
                 counters["bytes"] = counters.get("bytes", 0) + d.size
-                if d.sha1_b64 == asset.checksum:
+                if self._matches(asset, d, client, tmp, counters):
                     break
                 counters["checksum_mismatch"] = counters.get("checksum_mismatch", 0) + 1
                 log.warning("immich asset %s: checksum mismatch (attempt %d)", asset.id, attempt + 1)
@@ -273,11 +430,11 @@ class _Worker:
                 raise ChecksumMismatch(
                     f"downloaded bytes never matched the asset checksum ({self.opts.checksum_retries + 1} tries)"
                 )
-            if size is None:  # the server did not say how big the original is: measure it
+            if short is None:  # the server did not say how big the original is: measure it
                 meta = imageio.read_meta(tmp)
                 ok, short = self._big_enough(faces, (meta.width, meta.height))
                 if not ok:
-                    return {"status": "skipped", "reason": "no_big_face", "face_short": short}
+                    return self._face_skip(asset, "no_big_face", short)
             if not restage and self.in_store(d.sha256):  # (a file of ours that went missing is restored)
                 return {"status": "skipped", "reason": "in_store", "sha256": d.sha256, "face_short": short}
             with self.lock:
@@ -288,7 +445,15 @@ class _Worker:
             if other is not None:
                 return {"status": "skipped", "reason": "duplicate", "duplicate_of": other, "sha256": d.sha256}
             counters["staged"] = 1
-            return {"status": "staged", "reason": None, "sha256": d.sha256, "size": d.size, "face_short": short}
+            return {
+                "status": "staged",
+                "reason": None,
+                "sha256": d.sha256,
+                "size": d.size,
+                "face_short": short,
+                "updated_at": None,
+                "min_face_short": None,
+            }
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -320,11 +485,16 @@ def plan(
                 state.set(a.id, status="skipped", reason="duplicate", duplicate_of=win.id)
 
     claims = PathClaims(rec["path"] for rec in state.assets.values() if rec.get("path"))
+    staged_shas = frozenset(
+        r["sha256"] for r in state.assets.values() if r.get("status") == "staged" and r.get("sha256")
+    )
     todo = []
     for a in sorted(winners, key=lambda a: (a.original_path, a.id)):
         rec = state.get(a.id)
-        if _final(rec, files, in_store):
+        if _final(rec, a, files, in_store, opts, staged_shas):
             continue
+        if rec.get("status") == "skipped" and rec.get("reason") in ("no_face", "no_big_face"):
+            state.set(a.id, rechecked=True)
         restage = rec.get("status") == "staged" or bool(rec.get("restage"))  # staged before, file gone since
         if restage:
             state.set(a.id, restage=True)
@@ -369,13 +539,18 @@ def stage_immich(
     for stale in files.rglob(".tmp-*.part"):  # downloads cut short by a crash
         stale.unlink(missing_ok=True)
     state = State.load(root / "state.json", opts.label, min_interval_s=opts.state_interval_s)
+    state.secrets = tuple(s for c in clients for s in c.redaction_secrets())
     report = StageReport(opts.label)
     stats = clients[0].stats
     run_info: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     seen: dict[str, tuple[Asset, int]] = {}
     stop = threading.Event()
     try:
-        seen = enumerate_assets(clients, opts)
+        seen, listing = enumerate_assets(clients, opts)
+        report.server_version, report.search_api = listing.server_version, listing.search_api
+        report.listing_passes, report.listing_late, report.listing_gap = listing.passes, listing.late, listing.gap
+        if listing.gap:
+            run_info["listing_gap"] = listing.gap
         todo = plan(seen, state, opts, files, in_store)
         state.save()
         log.info(
@@ -407,6 +582,8 @@ def stage_immich(
         report.requests, report.request_retries = stats.requests, stats.retries
         report.rate_limited = stats.rate_limited
         _fill_totals(report, state, seen)
+        report.message = state.redact(report.message)
+        report.error_samples = [state.redact(e) for e in report.error_samples]
         run_info.update(
             outcome=report.outcome, processed=report.processed_now, staged=report.staged_now, elapsed_s=report.elapsed_s
         )
@@ -485,5 +662,9 @@ def _apply(out: Outcome, state: State, report: StageReport) -> None:
     report.downloads_now += c.get("downloads", 0)
     report.bytes_now += c.get("bytes", 0)
     report.checksum_mismatches += c.get("checksum_mismatch", 0)
+    report.external_verified_now += c.get("external_verified", 0)
+    report.rechecked_now += 1 if rec.get("rechecked") else 0
+    if rec.get("rechecked"):
+        state.set(out.asset_id, rechecked=None)
     if c.get("error") and len(report.error_samples) < 10:
         report.error_samples.append(f"{out.asset_id}: {fields.get('last_error', '')}")

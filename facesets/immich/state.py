@@ -10,7 +10,10 @@ without a download.
 Record statuses: ``pending`` (seen, to do), ``staged`` (file saved: path, sha256, size),
 ``skipped`` (``reason``: not_image, trashed, offline, excluded, duplicate, no_face,
 no_big_face, in_store), ``error`` (transient failure, ``errors`` counts them; retried on
-the next run). The API key is never stored; keys are referred to by position.
+the next run). The API key is never stored; keys are referred to by position, and every
+string stored (``last_error`` above all: a server may echo the key in its error message) has
+the keys of the run replaced by ``***``. A face-size skip remembers the asset's ``updatedAt``
+and the ``min_face_short`` it was decided with; when either changes, the asset is asked again.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class State:
     """Owned by one thread (the stage's main loop); workers return results to it."""
 
     def __init__(self, path: Path, label: str, data: dict[str, Any] | None = None, min_interval_s: float = 1.0):
+        self.secrets: tuple[str, ...] = ()  # redacted from every stored string (a server may echo a key)
         self.path = path
         self.label = label
         data = data or {}
@@ -79,9 +83,15 @@ class State:
             if v is None:
                 rec.pop(k, None)
             else:
-                rec[k] = v
+                rec[k] = self.redact(v) if isinstance(v, str) else v
         self._dirty = True
         return rec
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret and secret in text:
+                text = text.replace(secret, "***")
+        return text
 
     def counts(self, ids: set[str] | None = None) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -100,10 +110,8 @@ class State:
 
     def save(self) -> None:
         t0 = time.monotonic()
-        write_json(
-            self.path,
-            {"version": STATE_VERSION, "label": self.label, "assets": self.assets, "runs": self.runs[-20:]},
-        )
+        runs = [{k: self.redact(v) if isinstance(v, str) else v for k, v in r.items()} for r in self.runs[-20:]]
+        write_json(self.path, {"version": STATE_VERSION, "label": self.label, "assets": self.assets, "runs": runs})
         took = time.monotonic() - t0
         self._interval = max(self.min_interval_s, 10 * took)
         self._last_save = time.monotonic()

@@ -17,8 +17,19 @@ the stage step uses, straight from Immich's OpenAPI spec.
   latency, and an outage that starts after N requests and lasts D seconds (connections
   dropped, or 503), during which the ping probe fails too.
 * ``version="3"`` serves v3.1 shapes; ``version="2.7"`` serves the v2.7 differences
-  (``duration`` as "H:MM:SS.fffff", ``people`` with faces, ``unassignedFaces``), validated
-  against the v3.1 schemas patched with exactly those differences.
+  (``duration`` as "H:MM:SS.fffff", ``people`` with faces, ``unassignedFaces``, no
+  ``prerelease`` in the version), validated against the v3.1 schemas patched with exactly
+  those differences. ``version="3.2"`` adds the search API of immich PR #30179 (a ``filter``
+  tree and an opaque ``cursor``, answered with ``assets.nextCursor``; the flat fields still
+  work, deprecated); ``version="4"`` has only the filter tree (a flat field is a violation).
+  ``GET /api/server/version`` answers the version.
+* External libraries: an asset with ``library`` set has a ``libraryId`` and Immich's path
+  checksum (base64 SHA-1 of ``"path:" + originalPath``), not one of its bytes.
+* Late faces: ``faces_late`` assets answer ``/faces`` with [] until ``detect_late()`` runs
+  Immich's face detection on them (which also moves their ``updatedAt``).
+* Mid-listing changes: ``on_search(n, fn)`` calls ``fn(server)`` right after the n-th search
+  request (e.g. ``remove()`` an asset an earlier page held: offset paging then skips one).
+* ``Fault(kind="echo_key")`` answers 400 with an error message that quotes the request's key.
 
 Importable by the benchmark: ``from tests.support.fake_immich import FakeImmich, build_library``.
 """
@@ -52,6 +63,7 @@ SPEC_COPY = Path(__file__).resolve().parent / "data" / "immich-openapi-v3.1.0.js
 ALL_PERMISSIONS = frozenset({"all"})
 IMPLEMENTED = {
     ("GET", "/server/ping"),
+    ("GET", "/server/version"),
     ("POST", "/search/metadata"),
     ("GET", "/faces"),
     ("GET", "/assets/{id}/original"),
@@ -141,6 +153,91 @@ def v27_patch(defs: dict[str, Any]) -> dict[str, Any]:
     return defs
 
 
+def _enum_filter(values: list[str]) -> dict[str, Any]:
+    one = {"type": "string", "enum": values}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {
+            "eq": one,
+            "ne": one,
+            "in": {"type": "array", "items": one},
+            "notIn": {"type": "array", "items": one},
+        },
+    }
+
+
+def v32_patch(defs: dict[str, Any], drop_flat: bool = False) -> dict[str, Any]:
+    """The v3.1 schemas with the v3.2 search API (immich PR #30179, server/src/dtos/search.dto.ts):
+    ``filter`` (SearchFilter: branches of per-field filters, ``or`` of branches) and ``cursor`` in
+    the request, ``nextCursor`` in the answer. Only the branch fields this project could use are
+    modelled; ``drop_flat`` (v4) removes the deprecated flat fields."""
+    defs = copy.deepcopy(defs)
+    bool_filter = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["eq"],
+        "properties": {"eq": {"type": "boolean"}},
+    }
+    id_nullable = {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {"eq": {"type": ["string", "null"]}, "ne": {"type": ["string", "null"]}},
+    }
+    date_filter = {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {k: {"type": "string", "format": "date-time"} for k in ("eq", "ne", "gt", "gte", "lt", "lte")},
+    }
+    branch = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "type": _enum_filter(["IMAGE", "VIDEO", "AUDIO", "OTHER"]),
+            "visibility": _enum_filter(["archive", "timeline", "hidden", "locked"]),
+            "libraryId": id_nullable,
+            "isOffline": bool_filter,
+            "isFavorite": bool_filter,
+            "updatedAt": date_filter,
+            "createdAt": date_filter,
+        },
+    }
+    defs["SearchFilterBranch"] = branch
+    tree = copy.deepcopy(branch)
+    tree["properties"]["or"] = {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/SearchFilterBranch"}}
+    defs["SearchFilter"] = tree
+    m = defs["MetadataSearchDto"]
+    if drop_flat:
+        keep = {"size", "withExif", "withDeleted", "withStacked", "withPeople", "order"}
+        m["properties"] = {k: v for k, v in m["properties"].items() if k in keep}
+    m["properties"]["filter"] = {"$ref": "#/$defs/SearchFilter"}
+    m["properties"]["cursor"] = {"type": "string", "minLength": 1}
+    r = defs["SearchAssetResponseDto"]
+    r["properties"]["nextCursor"] = {"type": ["string", "null"]}
+    r["required"] = [*r["required"], "nextCursor"]
+    return defs
+
+
+def v2_version_patch(defs: dict[str, Any]) -> dict[str, Any]:
+    """v2.x had no ``prerelease`` in ServerVersionResponseDto (added in v3.0.0)."""
+    defs = copy.deepcopy(defs)
+    v = defs["ServerVersionResponseDto"]
+    v["properties"].pop("prerelease", None)
+    v["required"] = [k for k in v["required"] if k != "prerelease"]
+    return defs
+
+
+def version_tuple(version: str) -> tuple[int, int, int]:
+    """"3" means v3.1.0 (the spec at hand); "2.7" v2.7.0; "3.2" v3.2.0; "4" v4.0.0."""
+    if version == "3":
+        return (3, 1, 0)
+    parts = [int(p) for p in version.split(".")] + [0, 0]
+    return parts[0], parts[1], parts[2]
+
+
 @dataclass(frozen=True)
 class Operation:
     method: str
@@ -161,7 +258,11 @@ class SpecValidator:
         spec = json.loads(spec_path().read_text(encoding="utf-8"))
         self.server_prefix = spec["servers"][0]["url"].rstrip("/")  # "/api"
         defs = {k: to_json_schema(v, strict) for k, v in spec["components"]["schemas"].items()}
-        self.defs = v27_patch(defs) if version.startswith("2") else defs
+        if version.startswith("2"):
+            defs = v2_version_patch(v27_patch(defs))
+        elif version_tuple(version) >= (3, 2, 0):
+            defs = v32_patch(defs, drop_flat=version_tuple(version) >= (4, 0, 0))
+        self.defs = defs
         self.operations: list[Operation] = []
         for template, item in spec["paths"].items():
             pattern = "^" + re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(template)) + "$"
@@ -325,10 +426,21 @@ class FakeAsset:
     checksum_override: str | None = None  # a permanently wrong checksum
     created: str = "2024-01-01T00:00:00.000Z"
     mime: str = "image/jpeg"
+    library: str | None = None  # external library name: libraryId set, path checksum
+    faces_late: bool = False  # Immich's face detection has not run on it yet
+    updated: str | None = None  # updatedAt (default: created)
+
+    @property
+    def library_id(self) -> str | None:
+        return stable_uuid("library", self.library) if self.library else None
 
     @property
     def checksum(self) -> str:
-        return self.checksum_override or base64.b64encode(hashlib.sha1(self.data).digest()).decode()
+        if self.checksum_override:
+            return self.checksum_override
+        if self.library:  # Immich's library service: sha1 of "path:" + originalPath
+            return base64.b64encode(hashlib.sha1(("path:" + self.original_path).encode()).digest()).decode()
+        return base64.b64encode(hashlib.sha1(self.data).digest()).decode()
 
     @property
     def sha256(self) -> str:
@@ -417,6 +529,8 @@ class PhotoSpec:
     is_trashed: bool = False
     is_offline: bool = False
     checksum_override: str | None = None
+    library: str | None = None
+    faces_late: bool = False
 
 
 def build_assets(specs: Iterable[PhotoSpec], cache: DetectionCache) -> list[FakeAsset]:
@@ -444,6 +558,8 @@ def build_assets(specs: Iterable[PhotoSpec], cache: DetectionCache) -> list[Fake
                 is_trashed=s.is_trashed,
                 is_offline=s.is_offline,
                 checksum_override=s.checksum_override,
+                library=s.library,
+                faces_late=s.faces_late,
                 created=f"20{10 + i % 14:02d}-0{1 + i % 9}-1{i % 10}T12:00:00.000Z",
                 mime="image/png" if s.original_path.lower().endswith(".png") else "image/jpeg",
             )
@@ -459,7 +575,7 @@ def build_assets(specs: Iterable[PhotoSpec], cache: DetectionCache) -> list[Fake
 class Fault:
     """Affects ``count`` requests whose path contains ``path`` (after skipping ``after``)."""
 
-    kind: str  # status | rate_limit | slow | truncate | corrupt | drop
+    kind: str  # status | rate_limit | slow | truncate | corrupt | drop | echo_key
     count: int = 1
     path: str = ""
     after: int = 0
@@ -546,6 +662,8 @@ class FakeImmich:
         self.log: list[RequestRecord] = []
         self.faults: list[Fault] = []
         self.outage: Outage | None = None
+        self.search_hooks: dict[int, Any] = {}
+        self.searches = 0
         self._lock = threading.Lock()
         self._n = 0
         self._httpd: _Server | None = None
@@ -594,6 +712,27 @@ class FakeImmich:
         with self._lock:
             self.outage = Outage(after_requests, duration_s, mode)
         return self.outage
+
+    def on_search(self, n: int, fn: Any) -> None:
+        """Call ``fn(self)`` right after the ``n``-th search request has been answered from the
+        library (a change in the middle of a listing)."""
+        self.search_hooks[n] = fn
+
+    def remove(self, asset_id: str) -> FakeAsset:
+        """The asset is deleted from the server (search no longer lists it)."""
+        with self._lock:
+            a = self.by_id.pop(asset_id)
+            self.assets = [x for x in self.assets if x.id != asset_id]
+        return a
+
+    def detect_late(self, asset_ids: Iterable[str] | None = None, when: str = "2026-11-30T12:00:00.000Z") -> int:
+        """Immich's face detection job catches up: the assets' faces appear, updatedAt moves."""
+        n = 0
+        with self._lock:
+            for a in self.assets:
+                if a.faces_late and (asset_ids is None or a.id in set(asset_ids)):
+                    a.faces_late, a.updated, n = False, when, n + 1
+        return n
 
     def end_outage(self) -> None:
         with self._lock:
@@ -661,6 +800,12 @@ class FakeImmich:
             self._record(method, target, 400, None, t)
             return self._send_json(h, 400, {"message": problems, "error": "Bad Request", "statusCode": 400})
         fault = self._take_fault(path)
+        if fault and fault.kind == "echo_key":  # a server (or proxy) quoting the request's key
+            self._record(method, target, 400, None, t)
+            key = h.headers.get("x-api-key", "")
+            return self._send_json(
+                h, 400, {"message": f"Invalid request for key {key}", "error": "Bad Request", "statusCode": 400}
+            )
         if fault and fault.kind in ("status", "rate_limit", "slow", "drop"):
             self._record(method, target, {"status": fault.status, "rate_limit": 429}.get(fault.kind, 0), None, t)
             if fault.kind == "status":
@@ -721,9 +866,22 @@ class FakeImmich:
         key = (op.method, op.template)
         if key == ("GET", "/server/ping"):
             return 200, {"res": "pong"}, "application/json"
+        if key == ("GET", "/server/version"):
+            major, minor, patch = version_tuple(self.version)
+            body = {"major": major, "minor": minor, "patch": patch}
+            if major >= 3:
+                body["prerelease"] = None
+            return 200, body, "application/json"
         assert user is not None
         if key == ("POST", "/search/metadata"):
-            return 200, self._search(user, json.loads(body)), "application/json"
+            with self._lock:
+                self.searches += 1
+                n = self.searches
+            answer = self._search(user, json.loads(body))
+            hook = self.search_hooks.pop(n, None)
+            if hook:
+                hook(self)
+            return 200, answer, "application/json"
         if key == ("GET", "/faces"):
             a = self.by_id.get(query["id"][0])
             if a is None or not self._visible(user, a):
@@ -732,6 +890,8 @@ class FakeImmich:
                     {"message": "Not found or no face.read access", "error": "Bad Request", "statusCode": 400},
                     "application/json",
                 )
+            if a.faces_late:
+                return 200, [], "application/json"
             return 200, [self._face_dto(a, i, f) for i, f in enumerate(a.faces)], "application/json"
         if key == ("GET", "/assets/{id}/original"):
             a = self.by_id.get(pp["id"])
@@ -745,32 +905,51 @@ class FakeImmich:
         raise AssertionError(key)
 
     def _search(self, user: FakeUser, q: dict[str, Any]) -> dict[str, Any]:
-        items = [a for a in self.assets if self._visible(user, a)]
-        if "type" in q:
-            items = [a for a in items if a.type == q["type"]]
-        if "visibility" in q:
-            items = [a for a in items if a.visibility == q["visibility"]]
-        elif self.version.startswith("3"):
+        with self._lock:
+            items = [a for a in self.assets if self._visible(user, a)]
+        f = q.get("filter") or {}
+        want_type = q.get("type") or (f.get("type") or {}).get("eq")
+        want_vis = q.get("visibility") or (f.get("visibility") or {}).get("eq")
+        if want_type:
+            items = [a for a in items if a.type == want_type]
+        if want_vis:
+            items = [a for a in items if a.visibility == want_vis]
+        elif self.version.startswith("3") or self.version.startswith("4"):
             items = [a for a in items if a.visibility != "locked"]
         else:
             items = [a for a in items if a.visibility == "timeline"]
         if not q.get("withDeleted"):
             items = [a for a in items if not a.is_trashed]
-        items.sort(key=lambda a: (a.created, a.id), reverse=q.get("order", "desc") == "desc")
+        desc = q.get("order", "desc") == "desc"
+        items.sort(key=lambda a: (a.created, a.id), reverse=desc)
         size = int(q.get("size", 250))
-        page = int(q.get("page", 1))
-        chunk = items[(page - 1) * size : page * size]
-        nxt = str(page + 1) if page * size < len(items) else None
-        return {
-            "albums": {"count": 0, "facets": [], "items": [], "total": 0},
-            "assets": {
-                "count": len(chunk),
-                "facets": [],
-                "items": [self._asset_dto(a, bool(q.get("withExif"))) for a in chunk],
-                "nextPage": nxt,
-                "total": len(chunk),  # Immich reports the page's count here
-            },
+        cursor_api = "filter" in q or "cursor" in q
+        if cursor_api:  # keyset paging: the cursor is the sort key of the last item served
+            if "cursor" in q:
+                last = tuple(json.loads(base64.urlsafe_b64decode(q["cursor"].encode())))
+                items = [a for a in items if ((a.created, a.id) < last if desc else (a.created, a.id) > last)]
+            chunk = items[:size]
+            more = len(items) > size
+            nxt = None
+            nxt_cursor = (
+                base64.urlsafe_b64encode(json.dumps([chunk[-1].created, chunk[-1].id]).encode()).decode()
+                if more
+                else None
+            )
+        else:
+            page = int(q.get("page", 1))
+            chunk = items[(page - 1) * size : page * size]
+            nxt = str(page + 1) if page * size < len(items) else None
+        block: dict[str, Any] = {
+            "count": len(chunk),
+            "facets": [],
+            "items": [self._asset_dto(a, bool(q.get("withExif"))) for a in chunk],
+            "nextPage": nxt,
+            "total": len(chunk),  # Immich reports the page's count here
         }
+        if version_tuple(self.version) >= (3, 2, 0):
+            block["nextCursor"] = nxt_cursor if cursor_api else None
+        return {"albums": {"count": 0, "facets": [], "items": [], "total": 0}, "assets": block}
 
     def _asset_dto(self, a: FakeAsset, with_exif: bool) -> dict[str, Any]:
         name = a.original_path.replace("\\", "/").rsplit("/", 1)[-1] or "asset"
@@ -786,7 +965,8 @@ class FakeImmich:
             "fileCreatedAt": a.created,
             "fileModifiedAt": a.created,
             "localDateTime": a.created,
-            "updatedAt": a.created,
+            "updatedAt": a.updated or a.created,
+            "libraryId": a.library_id,
             "duration": None if a.type == "IMAGE" else 3000,
             "hasMetadata": True,
             "width": a.width,
