@@ -276,7 +276,7 @@ def ours_breakdown(paths: list[str], analyzer, opts: EmbedOptions) -> dict:
     with timed_decode(acc):
         t0 = time.perf_counter()
         for p in paths:
-            analyze_image(p, "x" * 64, ta, opts)
+            analyze_image(p, None, ta, opts)
         acc["total_s"] = time.perf_counter() - t0
     acc["fine_decodes"] = acc["decodes"] - len(paths)  # a second, finer decode for small faces
     return acc
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     warm = str(files[-1].resolve())
     rgb = imageio.decode(warm).rgb
     analyzer.embed(rgb, analyzer.detect(rgb)[:1])
-    analyze_image(warm, "0" * 64, analyzer, opts)
+    analyze_image(warm, None, analyzer, opts)
 
     base_paths = [str(p.resolve()) for p in files[: args.baseline_n]]
     runs: list[dict] = []

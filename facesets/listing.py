@@ -9,6 +9,7 @@ A per-source hash cache (path, size, mtime) makes re-staging a large library che
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import stat
@@ -100,7 +101,8 @@ def walk(root: Path, include: Iterable[str], exclude: Iterable[str]) -> Iterator
                     reason = "broken symlink"
                 yield failed(entry.path, rel, reason)
                 continue
-            if not stat.S_ISREG(st_f.st_mode):
+            if not stat.S_ISREG(st_f.st_mode):  # FIFO, socket, device: recorded, never opened
+                yield failed(entry.path, rel, f"not a regular file ({imageio.file_kind(st_f.st_mode)})")
                 continue
             if not _storable(entry.path):
                 yield failed(entry.path, rel, "file name is not valid UTF-8 (cannot be recorded; rename the file)")
@@ -196,9 +198,13 @@ def scan(
     exclude: Iterable[str],
     workers: int = 4,
     cache: dict[tuple[str, int, int], FileFacts] | None = None,
+    retry: set[str] | None = None,
 ) -> list[FileFacts]:
+    """The facts of every selected file; files in ``retry`` are hashed again whatever the cache says."""
     cache = cache or {}
     entries = list(walk(root, include, exclude))
+    if retry:
+        cache = {k: v for k, v in cache.items() if k[0] not in retry}
     todo = [e for e in entries if e.error or (e.path, e.size, e.mtime_ns) not in cache]
     log.info("stage %s: %d files, %d to hash", root, len(entries), len(todo))
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -250,7 +256,10 @@ def stage_source(
 ) -> pd.DataFrame:
     """List ``root`` into ``out`` (Parquet, atomic) and refresh the hash cache."""
     cache = load_hash_cache(cache_path) if cache_path else {}
-    facts = scan(root, include, exclude, workers=workers, cache=cache)
+    retry = retry_requests(out)
+    if retry:
+        log.info("stage %s: %d files embed asked to re-list are hashed again", name, len(retry))
+    facts = scan(root, include, exclude, workers=workers, cache=cache, retry=retry)
     listing = group(facts, name)
     if cache_path:
         good = [f.__dict__ for f in facts if f.sha256 is not None]
@@ -267,6 +276,55 @@ def stage_source(
         int(listing["error"].notna().sum()),
     )
     return listing
+
+
+def retry_path(faces_table: str | os.PathLike[str]) -> Path:
+    """Beside a face table (embed): the files whose record is a condition that may clear
+    (an I/O error, a file changed since it was listed), as JSON [{"path", "reason"}]."""
+    p = Path(faces_table)
+    return p.with_name(p.name.removesuffix(".parquet") + ".retry.json")
+
+
+def retry_files(listing_out: str | os.PathLike[str]) -> list[Path]:
+    """The retry lists embed writes for the listing at ``listing_out`` (rules/embed.smk layout:
+    ``<dir>/faces.retry.json`` and ``<dir>/shards/<n>/<i>.faces.retry.json``)."""
+    d = Path(listing_out).parent
+    return [d / "faces.retry.json", *sorted(d.glob("shards/*/*.faces.retry.json"))]
+
+
+def retry_requests(listing_out: str | os.PathLike[str]) -> set[str]:
+    """Paths embed asked to re-list (unreadable then, or changed since they were listed)."""
+    out: set[str] = set()
+    for rp in retry_files(listing_out):
+        try:
+            entries = json.loads(rp.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        out.update(str(e["path"]) for e in entries if isinstance(e, dict) and "path" in e)
+    return out
+
+
+def _stat_token(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"errno {exc.errno}"
+    readable = os.access(path, os.R_OK)
+    return f"{st.st_mode:o} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino} {readable}"
+
+
+def retry_token(listing_out: str | os.PathLike[str]) -> str:
+    """For the stage rule's state: the current stat of every file embed asked to re-list.
+
+    It changes when such a file changes in any way (restored, chmod-ed back, replaced), so the
+    next run re-lists the source (``stage_source`` hashes those files again, whatever its hash
+    cache says); it stays the same while nothing about them changed, so a condition that
+    persists costs no rerun.
+    """
+    h = hashlib.sha256()
+    for p in sorted(retry_requests(listing_out)):
+        h.update(f"{p}\0{_stat_token(p)}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:16]
 
 
 def fingerprint(root: Path, include: Iterable[str], exclude: Iterable[str]) -> str:

@@ -54,6 +54,19 @@ class SegmentCache:
                 out.update(t.column(self.key).to_pylist())
         return out
 
+    def new_keys(self, seen: set[str]) -> set[str]:
+        """Keys of the segments whose names are not in ``seen`` (which gets them): an incremental
+        ``keys()`` for a writer that watches other writers' segments appear."""
+        out: set[str] = set()
+        for seg in self.segments():
+            if seg.name in seen:
+                continue
+            t = self._read(seg, [self.key])
+            if t is not None:
+                out.update(t.column(self.key).to_pylist())
+                seen.add(seg.name)
+        return out
+
     def load(self, keys: Iterable[str]) -> pd.DataFrame:
         """The cached rows for ``keys`` (first segment by name wins on repeats)."""
         wanted = pa.array(sorted(set(keys)), pa.string())

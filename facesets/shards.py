@@ -18,6 +18,7 @@ import pandas as pd
 from facesets import schema
 from facesets.atomic import write_json
 from facesets.embed import EmbedStats, sidecar_paths
+from facesets.listing import retry_path
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -50,6 +51,11 @@ def merge_shards(shard_tables: Sequence[Path], out: Path) -> EmbedStats:
     schema.write_table(images, schema.IMAGES, images_out)
     schema.write_table(faces, schema.FACES, out)
     parts = [json.loads(sidecar_paths(Path(p))[1].read_text()) for p in shard_tables]
+    retry = []
+    for p in shard_tables:
+        rp = retry_path(Path(p))
+        retry += json.loads(rp.read_text()) if rp.exists() else []
+    write_json(retry_path(Path(out)), sorted(retry, key=lambda d: d["path"]))
     analyzed = sum(p["analyzed"] for p in parts)
     seconds = max((p["seconds"] for p in parts), default=0.0)  # shards run side by side
     stats = EmbedStats(
@@ -59,9 +65,11 @@ def merge_shards(shard_tables: Sequence[Path], out: Path) -> EmbedStats:
         faces=len(faces),
         noface=int((images["status"] == "noface").sum()),
         errors=int((images["status"] == "error").sum()),
+        retry=len(retry),
         seconds=seconds,
         img_per_s=round(analyzed / seconds, 2) if seconds and analyzed else 0.0,
         model_id=parts[0]["model_id"] if parts else "",
+        finished=max((p.get("finished", "") for p in parts), default=""),
     )
     write_json(stats_out, asdict(stats))
     return stats

@@ -6,11 +6,26 @@ image is one row with ``face_index = -1``. Segments are immutable and uniquely n
 any number of writers (shards, cluster jobs on a network filesystem) can add to the
 store at once, and a crash loses at most the batch being written (writes are atomic).
 Deleting the store only costs time.
+
+What the store may hold: only facts about the bytes whose sha256 keys them (faces, noface,
+undecodable, too large), never a condition of one file on one machine at one moment (file
+not found, permission denied, a read error, a file changed since it was listed); those are
+reported and retried next run (docs/architecture.md, "What the face store may hold").
+
+Concurrent writers split the work with per-photo claim files (``Claims``, in
+``<store>/<model_id>/claims/``): a writer analyses a photo only after creating its claim
+with O_EXCL, and removes it after the photo's segment is written. A claim whose holder died
+(same host: the pid is gone; any host: untouched for ``CLAIM_STALE_S``) is taken over.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import socket
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,6 +48,9 @@ class FaceStore(SegmentCache):
     def __init__(self, root: Path, model_id: str) -> None:
         super().__init__(Path(root) / model_id, schema.STORE, "sha256")
         self.model_id = model_id
+
+    def claims(self) -> Claims:
+        return Claims(self.dir / "claims")
 
     def done(self) -> set[str]:
         """sha256 of every image the store has a result for."""
@@ -68,3 +86,108 @@ class FaceStore(SegmentCache):
         for s in segs:
             s.unlink()
         return new
+
+
+CLAIM_STALE_S = 300.0  # a claim untouched this long is abandoned (its holder refreshes it every 30 s)
+CLAIM_TOUCH_S = 30.0
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "posix":
+        try:
+            os.kill(pid, 0)  # signal 0: existence check only
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:  # Windows (the DirectML embed host): os.kill(pid, 0) would send CTRL_C_EVENT
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
+    except Exception:  # noqa: BLE001 - unknown: rely on the stale timeout
+        return True
+
+
+class Claims:
+    """Per-photo claim files: concurrent embeds into one store split the work.
+
+    A claim is ``<dir>/<sha256>`` created with O_CREAT|O_EXCL (atomic on local and NFSv3+
+    filesystems) holding the holder's host and pid. Losing a claim race only costs a
+    duplicate analysis (results are identical and the first segment wins), never a wrong row.
+    """
+
+    def __init__(self, folder: Path, stale_s: float = CLAIM_STALE_S) -> None:
+        self.dir = Path(folder)
+        self.stale_s = stale_s
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.held: set[str] = set()
+        self._touched = time.monotonic()
+
+    def _path(self, sha: str) -> Path:
+        return self.dir / sha
+
+    def _create(self, sha: str) -> bool:
+        try:
+            fd = os.open(self._path(sha), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"host": self.host, "pid": self.pid, "time": time.time()}, fh)
+        self.held.add(sha)
+        return True
+
+    def stale(self, sha: str) -> bool:
+        """True when the claim on ``sha`` is absent or abandoned."""
+        p = self._path(sha)
+        try:
+            age = time.time() - p.stat().st_mtime
+            info = json.loads(p.read_text() or "{}")
+        except FileNotFoundError:
+            return True
+        except (OSError, ValueError):
+            return False  # being written right now
+        if age > self.stale_s:
+            return True
+        if info.get("host") == self.host:
+            pid = int(info.get("pid", -1))
+            if pid == self.pid:
+                return sha not in self.held  # a previous process of ours that had this pid
+            return not _pid_alive(pid)
+        return False
+
+    def take(self, sha: str) -> bool:
+        """Claim ``sha``; False while another live writer holds it."""
+        if sha in self.held:
+            return True
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self._create(sha):
+            return True
+        if self.stale(sha):
+            log.info("store: taking over the abandoned claim on %s", sha)
+            self._path(sha).unlink(missing_ok=True)
+            return self._create(sha)
+        return False
+
+    def touch(self) -> None:
+        """Refresh the held claims (at most every CLAIM_TOUCH_S), so others see us alive."""
+        if time.monotonic() - self._touched < CLAIM_TOUCH_S:
+            return
+        self._touched = time.monotonic()
+        for sha in self.held:
+            with contextlib.suppress(OSError):
+                os.utime(self._path(sha))
+
+    def release(self, shas: Iterable[str]) -> None:
+        for sha in shas:
+            if sha in self.held:
+                self.held.discard(sha)
+                self._path(sha).unlink(missing_ok=True)

@@ -9,7 +9,7 @@ sys.path.insert(0, workflow.basedir)  # the facesets package, also when not pip-
 
 from facesets.config import ConfigError, load_workflow_config  # noqa: E402
 from facesets.embedhost import EmbedHost  # noqa: E402
-from facesets.listing import fingerprint  # noqa: E402
+from facesets.listing import fingerprint, retry_token  # noqa: E402
 from facesets.schema import SCHEMA_VERSION  # noqa: E402
 from facesets.snakelock import clear_stale_locks  # noqa: E402
 from facesets.triggers import state_file  # noqa: E402
@@ -74,6 +74,9 @@ def stage_state(wildcards):
             "exclude": list(s.exclude),
             "schema_version": SCHEMA_VERSION,
             "photos": fingerprint(s.root, s.include, s.exclude),
+            # files embed could not read or found changed: their stat now (#14: a restored,
+            # chmod-ed back or replaced file re-lists the source; a persisting condition does not)
+            "retry": retry_token(f"{WORK}/sources/{s.name}/listing.parquet"),
         },
     )
 

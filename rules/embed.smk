@@ -2,6 +2,8 @@
 # The face store under {WORK}/store is a cache, not an output: rules read it and add to it.
 # Each source is embedded in embed.shards independent jobs (photos split by sha256), which run
 # in parallel (local cores or cluster jobs); `embed` merges them into the source's face table.
+# The job's log gets stderr; `3>&2` first hands it the console as fd 3 for progress lines
+# (every ~10 s: done/total, img/s, ETA), so a person sees progress while snakemake runs.
 rule embed_shard:
     input:
         listing=f"{WORK}/sources/{{source}}/listing.parquet",
@@ -32,7 +34,7 @@ rule embed_shard:
         " --shard {wildcards.shard}/{wildcards.n} --providers {params.host.providers}"
         " --backend {params.backend} --store {params.host.store:q} --model-dir {params.host.model_dir:q}"
         " {params.host.path_map:q} --embed-settings {params.host.settings:q} --workers {threads}"
-        " --plain-progress 2> {log:q}"
+        " --plain-progress --progress-fd 3 3>&2 2> {log:q}"
 
 
 rule embed:

@@ -24,13 +24,14 @@ from facesets.cli import (
     merge,
     refine,
     report,
+    review,
     setup,
     stage,
 )
 from facesets.cli.common import log, setup_logging
 from facesets.errors import ConfigError
 
-GROUPS = (stage, immich, embed, cluster, enrich, dedup, refine, export, report, setup, library, merge, era)
+GROUPS = (stage, immich, embed, cluster, enrich, dedup, refine, export, report, setup, library, merge, era, review)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,3 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted; run the same command again to resume")
         return 130
+    except OSError as exc:
+        from facesets import diskfull
+
+        if not diskfull.is_disk_full(exc):
+            raise
+        log.error("%s", diskfull.message(exc))
+        return diskfull.EXIT_STATUS

@@ -16,6 +16,17 @@ def embed_settings(args: argparse.Namespace) -> dict:
     return section_settings(args, "embed", ("det_size", "workers", "batch_images", "min_face"), extra)
 
 
+def _console(fd: int | None):
+    """The stream behind ``--progress-fd`` (rules/embed.smk: the console), None if it is not open."""
+    if fd is None:
+        return None
+    try:
+        os.fstat(fd)
+        return os.fdopen(fd, "w", buffering=1, closefd=False)
+    except OSError:
+        return None  # e.g. a Windows embed host: the descriptor does not cross; the log has the lines
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from facesets import schema
     from facesets.analyzers import create_analyzer
@@ -61,7 +72,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
         batch_images=settings["batch_images"],
         workers=workers,
     )
-    stats = embed_listing(listing, analyzer, store, opts, cache, plain_progress=args.plain_progress, locate=locate)
+    echo = _console(args.progress_fd)
+    stats = embed_listing(
+        listing, analyzer, store, opts, cache, plain_progress=args.plain_progress, locate=locate, progress_echo=echo
+    )
     print(json.dumps(stats.__dict__))
     return 0
 
@@ -103,6 +117,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-images", type=int)
     e.add_argument("--shard", help="I/N: embed only shard I of N (photos split by sha256)")
     e.add_argument("--plain-progress", action="store_true", help="log lines instead of a progress bar")
+    e.add_argument(
+        "--progress-fd", type=int, help="also write the progress lines to this open file descriptor (the console)"
+    )
     e.add_argument(
         "--path-map",
         action="append",

@@ -210,7 +210,7 @@ def build_bad_corpus(root: Path, face_photo: Path) -> dict[str, str]:
     put("notes.txt", "absent", b"not selected by the include globs\n")
     try:
         os.mkfifo(root / "pipe.jpg")  # reading it would block forever
-        expected["pipe.jpg"] = "absent"
+        expected["pipe.jpg"] = "error"  # recorded: "not a regular file (a FIFO)" (#14.6)
     except (OSError, AttributeError):
         pass
     return expected
