@@ -1,0 +1,1 @@
+"""``facesets review``: a local page over the library (facesets.review.server); static files in static/."""
