@@ -35,14 +35,11 @@ from facesets import ledger as L
 from facesets.atomic import TMP_PREFIX, write_json, write_text
 from facesets.dedup import DedupOptions
 from facesets.fsz import write_fsz_from_files
+from facesets.manifests import RESPONSIBLE_USE
 from facesets.thresholds import for_model
 
 log = logging.getLogger(__name__)
 
-RESPONSIBLE_USE = (
-    "Build face sets only of people who agreed to it. Swapping a real person's face into images or video "
-    "without their consent can be unlawful (privacy, image rights, harassment and deepfake laws)."
-)
 MANIFEST = "manifest.json"
 LEDGER = "ledger.json"
 LOCK = ".lock"
@@ -349,12 +346,12 @@ def _merge_one(
     ident = ledger.by_number(number) if number is not None else None
     dups = _drop_duplicates(ident, fresh, pixels, emb, settings.dedup, thr / 2.0)
     if dups:
-        where = f"#{ident.number} {ident.name}" if ident is not None else "the new identity"
+        where = f"faces already in #{ident.number} {ident.name}" if ident is not None else "better faces of this set"
         notes.append(
             _note(
                 "duplicates",
                 p,
-                f"{p.source}/{p.name}: {len(dups)} near-duplicate faces of faces already in {where} left out",
+                f"{p.source}/{p.name}: {len(dups)} near-duplicate faces of {where} left out",
                 identity=number,
                 faces=dict(sorted(dups.items())),
             )
@@ -377,7 +374,10 @@ def _merge_one(
     phashes = {c["face_key"]: c.get("phash") for c in kept}
     crops = [{**c, "phash": phashes[c["face_key"]]} if c["face_key"] in phashes else c for c in p.crops]
     crops = [c for c in crops if c["face_key"] not in dups]
+    before = ident.name if ident is not None else None
     ch = L.apply(ledger, replace(p, crops=crops), number, emb, owner)
+    if ident is not None and ident.name != before:
+        log.info("manifest-merge: %s/%s names #%d %s -> %s", p.source, p.name, ident.number, before, ident.name)
     if ch is not None and p.kind == "identities":
         split = L.label_split(ledger, p, ch.number, owner)
         if split is not None:
