@@ -129,3 +129,85 @@ def ensure_opencv_models(model_dir: Path) -> dict[str, Path]:
                         raise ModelError(f"{m.member}: sha256 {digest} does not match the pinned {m.sha256}")
                 log.info("extracted %s", paths[m.name])
     return paths
+
+
+# -- insightface packs ---------------------------------------------------------------------
+#
+# insightface downloads a named pack (buffalo_l.zip from its GitHub release "model-zoo") and
+# extracts it without any integrity check. We check every file of a pack before loading it:
+# against published digests where we have them (KNOWN_PACK_DIGESTS, each with its source), else
+# against the digests recorded the first time this machine used the pack (trust on first use).
+# No published sha256 of buffalo_l (or of any insightface pack) could be obtained here: the
+# release asset cannot be downloaded from this machine and insightface publishes no digests, so
+# KNOWN_PACK_DIGESTS is empty and only the first-use record protects a pack. That catches a
+# pack corrupted or swapped *after* its first use, not a pack that was bad when first fetched.
+
+PACK_RECORD_DIR = "facesets-pack-digests"  # under the insightface root (embed.insightface.root)
+KNOWN_PACK_DIGESTS: dict[str, dict[str, object]] = {
+    # "buffalo_l": {"source": "<where the digests were published>", "files": {"det_10g.onnx": "<sha256>", ...}},
+}
+
+
+def pack_record_path(root: Path, pack_name: str, model_dir: Path) -> Path:
+    """Where the first-use digests of one pack folder are kept (inside the insightface root)."""
+    where = hashlib.sha256(str(Path(model_dir).resolve()).encode()).hexdigest()[:10]
+    return Path(root) / PACK_RECORD_DIR / f"{pack_name}-{where}.json"
+
+
+def check_insightface_pack(
+    pack_name: str, model_dir: Path, digests: dict[str, str], root: Path, known: dict | None = None
+) -> str:
+    """Verify a pack's files (relative path -> sha256) before insightface loads them.
+
+    Published digests win (a missing or different file is a ModelError); otherwise the digests
+    recorded at first use must match, and the first use records them. Returns how the pack was
+    checked: ``published``, ``recorded`` or ``first-use``.
+    """
+    import json
+    import time
+
+    from facesets.atomic import write_json
+
+    known = KNOWN_PACK_DIGESTS if known is None else known
+    entry = known.get(pack_name)
+    if entry:
+        want: dict[str, str] = dict(entry["files"])  # type: ignore[arg-type]
+        bad = sorted(n for n, d in want.items() if digests.get(n) != d)
+        if bad:
+            raise ModelError(
+                f"insightface pack {pack_name} at {model_dir}: {', '.join(bad)} missing or not the published file "
+                f"(sha256 from {entry.get('source')}); delete the folder so insightface downloads it again"
+            )
+        return "published"
+    record = pack_record_path(root, pack_name, model_dir)
+    if record.exists():
+        try:
+            saved = json.loads(record.read_text(encoding="utf-8"))
+            files = saved["files"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"{record}: unreadable pack record ({exc}); delete it to record the pack again") from None
+        changed = sorted(set(files) ^ set(digests) | {n for n in files if n in digests and files[n] != digests[n]})
+        if changed:
+            raise ModelError(
+                f"insightface pack {pack_name} at {model_dir} changed since its first use on "
+                f"{saved.get('recorded', '?')}: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''} "
+                f"differ; if you replaced the pack on purpose, delete {record}"
+            )
+        return "recorded"
+    write_json(
+        record,
+        {
+            "pack": pack_name,
+            "model_dir": str(model_dir),
+            "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source": "first use on this machine (no published digest available)",
+            "files": digests,
+        },
+    )
+    log.info(
+        "insightface pack %s: no published digests; recorded its %d files' sha256 at first use in %s",
+        pack_name,
+        len(digests),
+        record,
+    )
+    return "first-use"

@@ -29,7 +29,27 @@ ARCFACE = ModelThresholds("arcface-buffalo_l", match=0.45, cluster=0.55, merge=0
 # SFace (opencv backend): calibrated, see docs/thresholds.md.
 SFACE = ModelThresholds("sface-2021dec", match=0.42, cluster=0.52, merge=0.38, outlier=0.52, outlier_tight=0.42)
 
-_BY_PREFIX = (("opencv-yunet-sface", SFACE), ("insightface-", ARCFACE))
+_BY_PREFIX = (("opencv-yunet-sface", SFACE),)
+
+# insightface packs by name: the profile belongs to the pack's *recognizer*. buffalo_l and
+# buffalo_m ship the same ArcFace R50 (w600k_r50.onnx; only their detectors differ), so they
+# share the seed's numbers. buffalo_s / buffalo_sc (MobileFaceNet, w600k_mbf) and antelopev2
+# (glintr100) have other embedding spaces that nobody calibrated here: rather than apply R50
+# numbers to them (or to a pack we do not know), for_model stops with an error that names the
+# pack. A local folder pack is known by its folder name (a copy of buffalo_l in a folder named
+# buffalo_l gets buffalo_l's profile).
+INSIGHTFACE_PACKS = {"buffalo_l": ARCFACE, "buffalo_m": ARCFACE}
+
+
+def insightface_profile(pack: str) -> ModelThresholds | None:
+    return INSIGHTFACE_PACKS.get(pack)
+
+
+def _insightface_pack_of(model_id: str) -> str:
+    """``insightface-<pack>-<settings hash>`` (or ``insightface-<pack>``) -> ``<pack>``."""
+    rest = model_id[len("insightface-") :]
+    head, sep, _ = rest.rpartition("-")
+    return head if sep else rest
 
 
 def for_model(model_id: str) -> ModelThresholds:
@@ -37,7 +57,20 @@ def for_model(model_id: str) -> ModelThresholds:
     for prefix, profile in _BY_PREFIX:
         if model_id.startswith(prefix):
             return profile
-    raise ValueError(f"no threshold profile for model {model_id!r}; known prefixes: {[p for p, _ in _BY_PREFIX]}")
+    if model_id.startswith("insightface-"):
+        pack = _insightface_pack_of(model_id)
+        profile = insightface_profile(pack)
+        if profile is None:
+            raise ValueError(
+                f"no threshold profile for insightface pack {pack!r} (model {model_id!r}): its recognizer has not "
+                f"been calibrated; calibrated packs: {', '.join(sorted(INSIGHTFACE_PACKS))} "
+                "(embed.insightface.pack; see docs/thresholds.md to calibrate one and add it to facesets/thresholds.py)"
+            )
+        return profile
+    raise ValueError(
+        f"no threshold profile for model {model_id!r}; known: {[p for p, _ in _BY_PREFIX]} and insightface packs "
+        f"{sorted(INSIGHTFACE_PACKS)}"
+    )
 
 
 @dataclass(frozen=True)

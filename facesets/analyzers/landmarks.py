@@ -3,7 +3,9 @@
 buffalo_l ships ``1k3d68.onnx`` and ``2d106det.onnx`` besides its detector and recognizer.
 They need only a face box (insightface crops 1.5x the box's long side to the model's input),
 so enrich runs them on the box of the face table, through insightface's own ``Landmark``
-class (loaded by ``FaceAnalysis``, which also reads manifest packages); the pose is
+class. Only these two models are loaded (``insightface.load_pack_models``: no detector,
+recognizer or genderage session), with the thread count enrich gives, serialised under
+DirectML; the pose is
 insightface's (an affine fit of its mean 3D face to the 68 predicted points), in degrees,
 as (pitch, yaw, roll).
 """
@@ -37,16 +39,12 @@ class InsightFaceLandmarks:
         pack: str = "buffalo_l",
         root: str = "~/.insightface",
         providers: Sequence[str] = ("CPUExecutionProvider",),
+        threads: int = 1,
     ) -> None:
-        import onnxruntime as ort
-        from insightface.app import FaceAnalysis
+        from facesets.analyzers.insightface import load_pack_models
 
-        available = set(ort.get_available_providers())
-        chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
-        app = FaceAnalysis(
-            name=pack, root=str(Path(root).expanduser()), providers=chosen, allowed_modules=["detection", *TASKS]
-        )
-        self.models = {t: app.models[t] for t in TASKS if t in app.models}
+        loaded = load_pack_models(pack, str(Path(root).expanduser()), TASKS, providers, threads)
+        self.models = {t: loaded.models[t] for t in TASKS if t in loaded.models}
         for model in self.models.values():
             model.prepare(0)
         log.info("insightface pack %s: landmark models %s", pack, sorted(self.models) or "none")

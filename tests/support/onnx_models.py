@@ -161,3 +161,36 @@ def write_pack(folder: str | Path, dim: int = 64, seed: int = 0) -> Path:
     write_scrfd(folder / "det_tiny.onnx")
     write_arcface(folder / "w_tiny.onnx", dim, seed)
     return folder
+
+
+def write_constant(path: str | Path, size: int, n: int, value: float = 0.0) -> Path:
+    """Input ``[1, 3, size, size]`` -> output ``[1, n]`` filled with ``value`` (whatever the image):
+    at size 192 insightface routes it as a Landmark model (n = 3309: landmark_3d_68, 212:
+    landmark_2d_106), at 96 as genderage (n = 3)."""
+    nodes = [
+        helper.make_node("ReduceMean", ["data"], ["m"], name="avg", axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Flatten", ["m"], ["mf"], name="flat", axis=1),
+        helper.make_node("MatMul", ["mf", "zeros"], ["z"], name="times_zero"),
+        helper.make_node("Add", ["z", "const"], ["fc1"], name="plus_const"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_constant",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [1, n])],
+        initializer=[
+            _const("zeros", np.zeros((1, n), np.float32)),
+            _const("const", np.full((1, n), value, np.float32)),
+        ],
+    )
+    return _save(graph, path)
+
+
+def write_full_pack(folder: str | Path, dim: int = 64, seed: int = 0) -> Path:
+    """A pack with buffalo_l's five roles: detector, recognizer, the two landmark models and
+    genderage (FaceAnalysis builds a session for each of them)."""
+    folder = write_pack(folder, dim, seed)
+    write_constant(folder / "1k3d68_tiny.onnx", 192, 3309)
+    write_constant(folder / "2d106det_tiny.onnx", 192, 212)
+    write_constant(folder / "genderage_tiny.onnx", 96, 3)
+    return folder

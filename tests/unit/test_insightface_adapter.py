@@ -1,8 +1,8 @@
 """The insightface adapter, driven through the real insightface code with tiny models.
 
 What this proves: our wiring. ``InsightFaceAnalyzer`` is built from a folder of ONNX
-files exactly as from a downloaded pack, so insightface's own ``FaceAnalysis`` loads it,
-its ``model_zoo`` routes the files by their shapes (SCRFD detector, ArcFaceONNX
+files exactly as from a downloaded pack, so insightface's own ``model_zoo`` loads it
+(our lean loader picks the files a stage needs first), routes the files by their shapes (SCRFD detector, ArcFaceONNX
 recognizer), its SCRFD code resizes, normalises and decodes the detector's outputs, and
 its ArcFaceONNX code aligns (``norm_crop``) and preprocesses the crops. The models
 (tests/support/onnx_models.py) compute known functions: the detector fires on bright squares
@@ -85,8 +85,8 @@ def test_pack_routes_to_scrfd_and_arcface(analyzer, pack):
     from insightface.model_zoo.scrfd import SCRFD
 
     assert all(p.stat().st_size < 2_000_000 for p in pack.glob("*.onnx"))
-    assert set(analyzer.app.models) == {"detection", "recognition"}
-    det, rec = analyzer.app.det_model, analyzer.recognizer
+    assert set(analyzer.pack.models) == {"detection", "recognition"}
+    det, rec = analyzer.det_model, analyzer.recognizer
     assert isinstance(det, SCRFD) and isinstance(rec, ArcFaceONNX)
     assert (det.fmc, det._feat_stride_fpn, det._num_anchors, det.use_kps) == (3, [8, 16, 32], 2, True)
     assert det.static_input_size is None  # dynamic input, like det_10g: det_size decides
@@ -160,6 +160,13 @@ def test_model_id_follows_pack_content(tmp_path):
     w[-1] += 0.5  # e.g. a retrained last layer: only the end of the file changes
     om.write_arcface(b / "w_tiny.onnx", DIM, weights=w)
     assert (a / "w_tiny.onnx").stat().st_size == (b / "w_tiny.onnx").stat().st_size
+    from facesets.models import ModelError
+
+    with pytest.raises(ModelError, match=r"changed since its first use.*w_tiny.onnx"):
+        model_id(b)  # the pack check: b's files differ from what its first use recorded
+    for record in (tmp_path / "facesets-pack-digests").glob("pack-*.json"):
+        if str(b) in record.read_text():
+            record.unlink()  # "replaced on purpose", as the error says
     assert model_id(a) != model_id(b)
 
 
