@@ -19,29 +19,48 @@ detectable face. ``single_face_crop`` makes sure of it:
 3. If the target is lost or extras remain, the next smaller padding is tried; when nothing
    works the crop is refused with the reason (``bystander`` or ``no_face``).
 
-Everything here is a pure function of its inputs (no state, no I/O besides the codec).
+Everything down to ``single_face_crop`` is a pure function of its inputs (no state, no I/O
+besides the codec). Below it, the crop machinery of export-swap and era-split: a ``CropJob``
+per face-table row (the photo, its box, the other boxes), a content-keyed ``CropCache`` of
+finished crops (a re-run after new photos crops only new faces) and a ``Cropper`` that makes
+the missing ones in a thread pool.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+import pandas as pd
 
+from facesets import imageio
 from facesets.analyzers.base import Detection
+from facesets.atomic import write_bytes, write_json
+
+log = logging.getLogger(__name__)
 
 Detector = Callable[[np.ndarray], list[Detection]]  # RGB uint8 -> detections in its pixels
+CROP_VERSION = 1  # bump when this module changes what a crop looks like: the crop cache is keyed by it
 MATCH_IOU = 0.3  # a re-detected face is the target when its box overlaps the expected one this much
 
 
 @dataclass(frozen=True)
 class CropOptions:
-    pad_ratio: float = 0.5
-    out_size: int = 512
-    min_pad_ratio: float = 0.15  # never tighter than this when shrinking around bystanders
+    """Crop geometry: ``pad_ratio``, ``out_size``, ``min_pad_ratio`` come from the ``export`` config
+    section (``ExportOptions.crop``); the rest are this module's tuning constants."""
+
+    pad_ratio: float
+    out_size: int
+    min_pad_ratio: float  # never tighter than this when shrinking around bystanders
     pad_steps: int = 3  # paddings tried between pad_ratio and min_pad_ratio when masking fails
     mask_margin: float = 0.15  # a bystander's box grows by this fraction per side before masking
     max_rounds: int = 3  # re-detect / mask rounds per padding
@@ -215,7 +234,7 @@ def single_face_crop(
     target: Sequence[float],
     others: Sequence[Sequence[float]],
     detect: Detector,
-    opts: CropOptions = CropOptions(),
+    opts: CropOptions,
 ) -> CropResult:
     """A crop of ``target`` (box in original pixels) verified to hold exactly one detectable face.
 
@@ -249,3 +268,162 @@ def single_face_crop(
                 break  # the target detected twice: masking cannot help, try another padding
             masks = masks + extras
     return CropResult(None, last_pad, "refused", 0, "bystander" if saw_target_with_extras else "no_face")
+
+
+# --------------------------------------------------------------------------- crops of face-table rows, cached
+
+
+@dataclass(frozen=True)
+class CropJob:
+    face_key: str
+    sha256: str
+    paths: tuple[str, ...]  # canonical first, then aliases
+    img_w: int
+    img_h: int
+    bbox: tuple[float, ...]
+    others: tuple[tuple[float, ...], ...]  # the photo's other face boxes
+
+    def cache_key(self, opts: CropOptions, detector_id: str) -> str:
+        blob = json.dumps(
+            [CROP_VERSION, self.sha256, self.bbox, sorted(self.others), asdict(opts), detector_id], sort_keys=True
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _box(row: Any) -> tuple[float, ...]:
+    return tuple(round(float(v), 2) for v in (row.x1, row.y1, row.x2, row.y2))
+
+
+def crop_jobs(faces: pd.DataFrame, keys: Sequence[str]) -> dict[str, CropJob]:
+    """Jobs for these face keys; every other face of the same photo is a possible bystander."""
+    wanted = faces[faces["face_key"].isin(list(keys))]
+    photos = faces[faces["sha256"].isin(wanted["sha256"].unique())]
+    boxes: dict[str, list[tuple[str, tuple[float, ...]]]] = {}
+    for r in photos.itertuples(index=False):
+        boxes.setdefault(r.sha256, []).append((r.face_key, _box(r)))
+    jobs = {}
+    for r in wanted.itertuples(index=False):
+        aliases = tuple(r.aliases) if r.aliases is not None else ()
+        jobs[r.face_key] = CropJob(
+            r.face_key,
+            r.sha256,
+            (r.path, *aliases),
+            int(r.img_width),
+            int(r.img_height),
+            _box(r),
+            tuple(b for k, b in boxes[r.sha256] if k != r.face_key),
+        )
+    return jobs
+
+
+@dataclass(frozen=True)
+class CropMeta:
+    """What became of one crop (the PNG itself stays on disk, in the crop cache)."""
+
+    ok: bool
+    mode: str  # clean | shrunk | masked | refused
+    pad_ratio: float
+    masked: int
+    reason: str | None = None  # bystander | no_face | unreadable when refused
+
+    @staticmethod
+    def of(res: CropResult) -> CropMeta:
+        return CropMeta(res.png is not None, res.mode, round(float(res.pad_ratio), 4), res.masked, res.reason)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "pad_ratio": self.pad_ratio, "masked": self.masked}
+
+
+class CropCache:
+    """Finished crops (``<key>.png``) and their outcome (``<key>.json``, refusals too) by content key.
+
+    A folder of immutable files written atomically (the JSON last, so a PNG without its JSON is
+    an unfinished entry and is made again).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.dir = Path(folder)
+
+    def _path(self, key: str, ext: str) -> Path:
+        return self.dir / key[:2] / f"{key}.{ext}"
+
+    def get(self, key: str) -> CropMeta | None:
+        try:
+            meta = json.loads(self._path(key, "json").read_text(encoding="utf-8"))
+            found = CropMeta(**meta)
+        except (OSError, ValueError, TypeError):
+            return None
+        return found if (not found.ok or self._path(key, "png").exists()) else None
+
+    def put(self, key: str, res: CropResult) -> CropMeta:
+        meta = CropMeta.of(res)
+        if res.png is not None:
+            write_bytes(self._path(key, "png"), res.png)
+        write_json(self._path(key, "json"), asdict(meta))
+        return meta
+
+    def png_path(self, key: str) -> Path:
+        return self._path(key, "png")
+
+
+def _decode_for(job: CropJob, crop: CropOptions) -> imageio.Decoded:
+    box = square_box(job.bbox, min(crop.min_pad_ratio, crop.pad_ratio))
+    target = decode_long_side(job.img_w, job.img_h, box, crop.out_size)
+    last: Exception | None = None
+    for p in job.paths:  # an alias serves when the canonical file is gone
+        try:
+            return imageio.decode(p, target_long_side=target)
+        except (OSError, imageio.ImageLoadError) as exc:
+            last = exc
+    raise imageio.ImageLoadError(f"{job.paths[0]}: {last}")
+
+
+def make_crop(job: CropJob, detect: Detector, crop: CropOptions) -> CropResult:
+    """One verified single-face crop (or a refusal); ``unreadable`` when the photo cannot be read."""
+    try:
+        dec = _decode_for(job, crop)
+    except imageio.ImageLoadError as exc:
+        log.warning("export: cannot read %s: %s", job.paths[0], exc)
+        return CropResult(None, crop.pad_ratio, "refused", 0, "unreadable")
+    return single_face_crop(dec.rgb, dec.scale, job.bbox, job.others, detect, crop)
+
+
+@dataclass
+class Cropper:
+    """Makes crops in a thread pool, through the cache; results land in ``cache``."""
+
+    detect: Detector
+    detector_id: str
+    crop: CropOptions
+    cache: CropCache
+    workers: int = 1
+    made: int = 0
+    reused: int = 0
+
+    def run(self, jobs: Sequence[CropJob]) -> dict[str, CropMeta]:
+        out: dict[str, CropMeta] = {}
+        todo = []
+        for job in jobs:
+            hit = self.cache.get(job.cache_key(self.crop, self.detector_id))
+            if hit is not None:
+                out[job.face_key] = hit
+                self.reused += 1
+            else:
+                todo.append(job)
+
+        def one(job: CropJob) -> tuple[str, CropMeta]:
+            res = make_crop(job, self.detect, self.crop)
+            if res.reason == "unreadable":  # the photo may come back: do not remember that
+                return job.face_key, CropMeta.of(res)
+            return job.face_key, self.cache.put(job.cache_key(self.crop, self.detector_id), res)
+
+        with ThreadPoolExecutor(max(1, self.workers)) as pool:
+            for i, (key, meta) in enumerate(pool.map(one, todo), 1):
+                out[key] = meta
+                if i % 200 == 0:
+                    log.info("export: %d/%d crops made", i, len(todo))
+        self.made += len(todo)
+        return out
+
+    def png(self, job: CropJob) -> Path:
+        return self.cache.png_path(job.cache_key(self.crop, self.detector_id))

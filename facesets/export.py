@@ -28,7 +28,6 @@ cache folder, so a re-run after new photos only crops new faces; the cache is no
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -36,28 +35,27 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from facesets import imageio, thresholds
-from facesets.atomic import replace_dir, write_bytes, write_json
+from facesets import thresholds
+from facesets.atomic import staged_dir, write_json
 from facesets.clustering import normalize
-from facesets.crops import CropOptions, CropResult, Detector, decode_long_side, single_face_crop, square_box
+from facesets.crops import CropCache, CropJob, CropMeta, CropOptions, Cropper, Detector, crop_jobs
 from facesets.fsz import write_fsz_from_files
 from facesets.manifests import RESPONSIBLE_USE
+from facesets.options import section
 from facesets.quality import COMPONENTS, Norms, composite_score, norms_for, quality_components
-from facesets.refine import align_quality, load_quality, read_faces, remove_stale_temps
+from facesets.refine import align_quality, load_quality, read_faces
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CANDIDATES_DIR = "_candidates"
-CROP_VERSION = 1  # bump when crops.py changes what a crop looks like: the crop cache is keyed by it
 REJECTIONS = ("outlier_tight", "min_face_short", "duplicate", "bystander_unfixable", "crop_no_face", "unreadable")
 
 
@@ -66,21 +64,21 @@ REJECTIONS = ("outlier_tight", "min_face_short", "duplicate", "bystander_unfixab
 
 @dataclass(frozen=True)
 class ExportOptions:
+    """The ``export`` config section, resolved for a model (defaults: the schema; ``resolve_options``)."""
+
     outlier_tight: float
     candidate_distance: float
-    min_face_short: float = 100.0
-    pad_ratio: float = 0.5
-    min_pad_ratio: float = 0.15
-    out_size: int = 512
-    top_n: int = 30
-    candidates: bool = True
-    candidate_min_score: float = 0.40
-    weights: Mapping[str, float] = field(
-        default_factory=lambda: {"frontality": 0.30, "det_score": 0.20, "symmetry": 0.20, "face_size": 0.15, "sharpness": 0.15}
-    )
-    redetect_size: int = 640
-    redetect_thresh: float = 0.5
-    workers: int = 1
+    min_face_short: float
+    pad_ratio: float
+    min_pad_ratio: float
+    out_size: int
+    top_n: int
+    candidates: bool
+    candidate_min_score: float
+    weights: Mapping[str, float]
+    redetect_size: int
+    redetect_thresh: float
+    workers: int
 
     @property
     def crop(self) -> CropOptions:
@@ -93,15 +91,9 @@ class ExportOptions:
         return s
 
 
-def section_defaults(settings: Mapping[str, Any] | None) -> dict[str, Any]:
-    from facesets.config import load_schema, validate
-
-    return validate(dict(settings or {}), load_schema("config")["properties"]["export"], "export settings")
-
-
 def resolve_options(settings: Mapping[str, Any] | None, th: thresholds.ModelThresholds) -> ExportOptions:
     """Options from an ``export`` section (defaults filled); null distances from the model profile."""
-    s = section_defaults(settings)
+    s = section("export", settings, "export settings")
     weights = {k: float(s["weights"][k]) for k in COMPONENTS}
     if not math.isclose(sum(weights.values()), 1.0, abs_tol=1e-6):
         raise ValueError(f"export.weights must sum to 1 (got {sum(weights.values()):.4f}: {weights})")
@@ -150,165 +142,6 @@ def backend_of(model_id: str) -> str:
     if model_id.startswith("insightface"):
         return "insightface"
     raise ValueError(f"cannot tell the backend of model {model_id!r}; pass --backend")
-
-
-# --------------------------------------------------------------------------- cropping
-
-
-@dataclass(frozen=True)
-class CropJob:
-    face_key: str
-    sha256: str
-    paths: tuple[str, ...]  # canonical first, then aliases
-    img_w: int
-    img_h: int
-    bbox: tuple[float, ...]
-    others: tuple[tuple[float, ...], ...]  # the photo's other face boxes
-
-    def cache_key(self, opts: CropOptions, detector_id: str) -> str:
-        blob = json.dumps(
-            [CROP_VERSION, self.sha256, self.bbox, sorted(self.others), asdict(opts), detector_id], sort_keys=True
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _box(row: Any) -> tuple[float, ...]:
-    return tuple(round(float(v), 2) for v in (row.x1, row.y1, row.x2, row.y2))
-
-
-def crop_jobs(faces: pd.DataFrame, keys: Sequence[str]) -> dict[str, CropJob]:
-    """Jobs for these face keys; every other face of the same photo is a possible bystander."""
-    wanted = faces[faces["face_key"].isin(list(keys))]
-    photos = faces[faces["sha256"].isin(wanted["sha256"].unique())]
-    boxes: dict[str, list[tuple[str, tuple[float, ...]]]] = {}
-    for r in photos.itertuples(index=False):
-        boxes.setdefault(r.sha256, []).append((r.face_key, _box(r)))
-    jobs = {}
-    for r in wanted.itertuples(index=False):
-        aliases = tuple(r.aliases) if r.aliases is not None else ()
-        jobs[r.face_key] = CropJob(
-            r.face_key,
-            r.sha256,
-            (r.path, *aliases),
-            int(r.img_width),
-            int(r.img_height),
-            _box(r),
-            tuple(b for k, b in boxes[r.sha256] if k != r.face_key),
-        )
-    return jobs
-
-
-@dataclass(frozen=True)
-class CropMeta:
-    """What became of one crop (the PNG itself stays on disk, in the crop cache)."""
-
-    ok: bool
-    mode: str  # clean | shrunk | masked | refused
-    pad_ratio: float
-    masked: int
-    reason: str | None = None  # bystander | no_face | unreadable when refused
-
-    @staticmethod
-    def of(res: CropResult) -> CropMeta:
-        return CropMeta(res.png is not None, res.mode, round(float(res.pad_ratio), 4), res.masked, res.reason)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "pad_ratio": self.pad_ratio, "masked": self.masked}
-
-
-class CropCache:
-    """Finished crops (``<key>.png``) and their outcome (``<key>.json``, refusals too) by content key.
-
-    A folder of immutable files written atomically (the JSON last, so a PNG without its JSON is
-    an unfinished entry and is made again).
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.dir = Path(folder)
-
-    def _path(self, key: str, ext: str) -> Path:
-        return self.dir / key[:2] / f"{key}.{ext}"
-
-    def get(self, key: str) -> CropMeta | None:
-        try:
-            meta = json.loads(self._path(key, "json").read_text(encoding="utf-8"))
-            found = CropMeta(**meta)
-        except (OSError, ValueError, TypeError):
-            return None
-        return found if (not found.ok or self._path(key, "png").exists()) else None
-
-    def put(self, key: str, res: CropResult) -> CropMeta:
-        meta = CropMeta.of(res)
-        if res.png is not None:
-            write_bytes(self._path(key, "png"), res.png)
-        write_json(self._path(key, "json"), asdict(meta))
-        return meta
-
-    def png_path(self, key: str) -> Path:
-        return self._path(key, "png")
-
-
-def _decode_for(job: CropJob, crop: CropOptions) -> imageio.Decoded:
-    box = square_box(job.bbox, min(crop.min_pad_ratio, crop.pad_ratio))
-    target = decode_long_side(job.img_w, job.img_h, box, crop.out_size)
-    last: Exception | None = None
-    for p in job.paths:  # an alias serves when the canonical file is gone
-        try:
-            return imageio.decode(p, target_long_side=target)
-        except (OSError, imageio.ImageLoadError) as exc:
-            last = exc
-    raise imageio.ImageLoadError(f"{job.paths[0]}: {last}")
-
-
-def make_crop(job: CropJob, detect: Detector, crop: CropOptions) -> CropResult:
-    """One verified single-face crop (or a refusal); ``unreadable`` when the photo cannot be read."""
-    try:
-        dec = _decode_for(job, crop)
-    except imageio.ImageLoadError as exc:
-        log.warning("export: cannot read %s: %s", job.paths[0], exc)
-        return CropResult(None, crop.pad_ratio, "refused", 0, "unreadable")
-    return single_face_crop(dec.rgb, dec.scale, job.bbox, job.others, detect, crop)
-
-
-@dataclass
-class Cropper:
-    """Makes crops in a thread pool, through the cache; results land in ``cache``."""
-
-    detect: Detector
-    detector_id: str
-    crop: CropOptions
-    cache: CropCache
-    workers: int = 1
-    made: int = 0
-    reused: int = 0
-
-    def run(self, jobs: Sequence[CropJob]) -> dict[str, CropMeta]:
-        out: dict[str, CropMeta] = {}
-        todo = []
-        for job in jobs:
-            hit = self.cache.get(job.cache_key(self.crop, self.detector_id))
-            if hit is not None:
-                out[job.face_key] = hit
-                self.reused += 1
-            else:
-                todo.append(job)
-
-        def one(job: CropJob) -> tuple[str, CropMeta]:
-            res = make_crop(job, self.detect, self.crop)
-            if res.reason == "unreadable":  # the photo may come back: do not remember that
-                return job.face_key, CropMeta.of(res)
-            return job.face_key, self.cache.put(job.cache_key(self.crop, self.detector_id), res)
-
-        with ThreadPoolExecutor(max(1, self.workers)) as pool:
-            for i, (key, meta) in enumerate(pool.map(one, todo), 1):
-                out[key] = meta
-                if i % 200 == 0:
-                    log.info("export: %d/%d crops made", i, len(todo))
-        self.made += len(todo)
-        return out
-
-    def png(self, job: CropJob) -> Path:
-        return self.cache.png_path(job.cache_key(self.crop, self.detector_id))
 
 
 # --------------------------------------------------------------------------- face sets
@@ -644,11 +477,7 @@ def run_export(
     else:
         log.warning("export: no duplicates report given; near-duplicate photos are not collapsed")
     detect, detector_id = detector_factory(opts, model_id)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-" + out.name + ".", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         manifest = export_facesets(
             ref.get("facesets", []), faces, q, groups, tmp, settings, detect, detector_id, crop_cache, ref.get("source", "")
         )
@@ -670,8 +499,4 @@ def run_export(
         }
         manifest["settings"]["candidates"] = want_candidates
         write_json(tmp / MANIFEST, manifest)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

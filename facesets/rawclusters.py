@@ -22,7 +22,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from facesets import schema
-from facesets.atomic import replace_dir, write_json
+from facesets.atomic import staged_dir, write_json
 from facesets.clustering import EXACT_MAX, cluster_faces
 from facesets.embed import sidecar_paths
 
@@ -133,12 +132,9 @@ def link_name(row, path: str) -> str:
 
 def write_clusters(faces: pd.DataFrame, images: pd.DataFrame, out: Path, opts: ClusterOptions, model_id: str) -> dict:
     """Write the cluster folders and manifest to ``out`` (swapped in atomically)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-" + out.name + ".", dir=out.parent))
     used: dict[str, int] = {}
     placed: set[tuple[str, str]] = set()
-    try:
+    with staged_dir(out) as tmp:
         for row in faces.itertuples(index=False):
             folder = tmp / row.cluster
             folder.mkdir(exist_ok=True)
@@ -189,10 +185,6 @@ def write_clusters(faces: pd.DataFrame, images: pd.DataFrame, out: Path, opts: C
             ],
         }
         write_json(tmp / "manifest.json", manifest)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

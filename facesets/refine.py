@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 
 from facesets import schema, thresholds
-from facesets.atomic import replace_dir, write_json
+from facesets.atomic import staged_dir, write_json
 from facesets.clustering import canonical_labels, centroid_merge, centroids, cluster_faces, reject_outliers
 from facesets.rawclusters import link_name, materialize
 from facesets.thresholds import ModelThresholds
@@ -323,23 +321,12 @@ def read_faces(cache: str | os.PathLike[str]) -> pd.DataFrame:
         raise ValueError(f"{cache}: cannot read the face table from `facesets embed`: {exc}") from None
 
 
-def remove_stale_temps(out: Path) -> None:
-    """Delete temp/old folders a killed run of this same output left beside it (one writer per
-    output: Snakemake locks it; by hand, do not run two commands on one output)."""
-    for p in list(out.parent.glob(f".tmp-{out.name}.*")) + list(out.parent.glob(f".old-{out.name}-*")):
-        shutil.rmtree(p, ignore_errors=True)
-
-
 def write_refine(manifest: Mapping[str, Any], faces: pd.DataFrame, out: Path, link_mode: str) -> None:
     """One folder per ``manifest["facesets"][i]["name"]`` with its member photos linked (canonical
     path and aliases, named as in the raw clusters), plus ``refine_manifest.json``; swapped in
     atomically."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-" + out.name + ".", dir=out.parent))
     rows = {r.face_key: r for r in faces.itertuples(index=False)}
-    try:
+    with staged_dir(out) as tmp:
         for fs in manifest["facesets"]:
             folder = tmp / fs["name"]
             folder.mkdir()
@@ -355,10 +342,6 @@ def write_refine(manifest: Mapping[str, Any], faces: pd.DataFrame, out: Path, li
                 line = f"source: {manifest.get('source', '')}; face set: {fs['name']}; kind: {fs.get('kind', 'discovered')}\n"
                 (folder / fs["marker"]).write_text(line, encoding="utf-8")
         write_json(tmp / MANIFEST, dict(manifest))
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def run_refine(

@@ -1,12 +1,13 @@
 """Single-face crops: geometry, padding shrink, masking, and the re-detection check on real photos."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from facesets import imageio
+from facesets import imageio, thresholds
 from facesets.analyzers.base import Detection
 from facesets.crops import (
-    CropOptions,
     clean_pad_ratio,
     decode_long_side,
     decode_png,
@@ -20,13 +21,15 @@ from facesets.crops import (
     square_box,
     to_crop_coords,
 )
-from facesets.export import ExportOptions, make_detector
+from facesets.export import make_detector, resolve_options
+
+DEFAULTS = resolve_options({}, thresholds.ARCFACE)  # the schema's export defaults
 
 
 @pytest.fixture(scope="module")
 def roop_detector(model_dir):
     """YuNet at roop's settings (640 px, threshold 0.5): the check export uses for the opencv backend."""
-    detect, _ = make_detector("opencv", {}, ExportOptions(outlier_tight=0.42, candidate_distance=0.52), model_dir)
+    detect, _ = make_detector("opencv", {}, DEFAULTS, model_dir)
     return detect
 
 
@@ -52,7 +55,7 @@ def test_clean_padding_leaves_the_neighbour_out():
 
 
 def test_pad_schedule_order():
-    o = CropOptions()
+    o = DEFAULTS.crop
     assert pad_schedule(0.5, 0.5, o)[0] == (0.5, False)
     assert pad_schedule(0.5, 0.4, o)[:2] == [(0.4, False), (0.5, True)]  # a bit tighter beats a mask
     assert pad_schedule(0.5, 0.2, o)[:2] == [(0.5, True), (0.2, False)]  # much tighter: mask first
@@ -105,7 +108,7 @@ def test_every_face_of_a_group_photo_becomes_a_single_face_crop(demo_photos, ope
     dec = imageio.decode(demo_photos / "insightface" / "t1.jpg")
     boxes = [d.bbox.tolist() for d in opencv_analyzer.detect(dec.rgb)]
     assert len(boxes) == 6
-    opts = CropOptions(pad_ratio=1.0)
+    opts = dataclasses.replace(DEFAULTS.crop, pad_ratio=1.0)
     plain_multi = 0
     modes = []
     for i, target in enumerate(boxes):
@@ -135,7 +138,7 @@ def _fake(boxes):
 def test_refusal_reasons():
     rgb = np.full((600, 600, 3), 128, np.uint8)
     target = [250, 250, 350, 350]
-    opts = CropOptions()
+    opts = DEFAULTS.crop
     centre = to_crop_coords(target, square_box(target, 0.5), 512).tolist()
     # the target plus a "face" inside it that masking cannot remove: refused as a bystander
     inner = [centre[0] + 10, centre[1] + 10, centre[0] + 60, centre[1] + 60]

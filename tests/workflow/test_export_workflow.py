@@ -250,9 +250,10 @@ def test_dev_faces_manifests_and_rerun(dev_run):
 
 
 def _detector(model_dir):
-    from facesets.export import ExportOptions, make_detector
+    from facesets import thresholds
+    from facesets.export import make_detector, resolve_options
 
-    return make_detector("opencv", {}, ExportOptions(outlier_tight=0.42, candidate_distance=0.52), model_dir)
+    return make_detector("opencv", {}, resolve_options({}, thresholds.ARCFACE), model_dir)
 
 
 def test_export_api_copies_fields_through_and_names_sets_safely(dev_run, model_dir, tmp_path):
