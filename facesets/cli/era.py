@@ -140,10 +140,7 @@ def _write_pending(args: argparse.Namespace) -> int:
 
 
 def cmd_era_split(args: argparse.Namespace) -> int:
-    import shutil
-    import tempfile
-
-    from facesets.atomic import replace_dir, write_json
+    from facesets.atomic import staged_dir, write_json
 
     if args.pending_ok and seed_digest(args.centroid_from) == "absent":
         return _write_pending(args)
@@ -152,10 +149,7 @@ def cmd_era_split(args: argparse.Namespace) -> int:
     manifest = split_identity(args.identity or seed.name, faces, quality, seed, st, cache, model_id)
     cache.save()
     exp = _export_args(args, model_id) if args.export else None
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-" + out.name + ".", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         write_json(tmp / "eras_manifest.json", manifest)
         if exp is not None:
             export = export_eras(
@@ -163,10 +157,6 @@ def cmd_era_split(args: argparse.Namespace) -> int:
                 exp["detector_id"], exp["crop_cache"],
             )  # fmt: skip
             write_json(tmp / EXPORT_MANIFEST, export)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary = [
         {"name": e["name"], "faces": e["faces"], "dominant_year": e["dominant_year"], "thin": e["thin"]}
         for e in manifest["eras"]
