@@ -50,4 +50,5 @@ rule all:
         library=f"{OUTPUT}/facesets_swap_ready/manifest.json",
         contact_sheets=expand(f"{OUTPUT}/report/{{source}}/contact_sheets", source=source_names()),
         run_stats=f"{OUTPUT}/report/run_stats.html",
+        library_report=f"{OUTPUT}/report/library/library.html",
     default_target: True

@@ -68,8 +68,8 @@ def _legend(draw: ImageDraw.ImageDraw, x: int, y: int, font) -> None:
         x += 22 + int(draw.textlength(name, font=font))
 
 
-def _tile(crop_path: Path, entry: Mapping, rank: int, size: int, fonts) -> Image.Image:
-    tile = Image.new("RGB", (size, size + LABEL_H), "white")
+def _tile(crop_path: Path, entry: Mapping, rank: int, size: int, fonts, label_h: int = LABEL_H) -> Image.Image:
+    tile = Image.new("RGB", (size, size + label_h), "white")
     try:
         with Image.open(crop_path) as im:
             tile.paste(im.convert("RGB").resize((size, size), Image.Resampling.LANCZOS), (0, 0))
@@ -92,7 +92,7 @@ def _tile(crop_path: Path, entry: Mapping, rank: int, size: int, fonts) -> Image
     draw.text((size - 5 - w, size + 2), score_txt, fill="white", font=fonts[1])
     comps = entry.get("components") or {}
     y = size + 24
-    for name, colour in zip(COMPONENTS, COMPONENT_COLOURS, strict=True):
+    for name, colour in zip(COMPONENTS, COMPONENT_COLOURS, strict=True) if comps else ():
         v = comps.get(name)
         draw.rectangle([4, y, size - 5, y + 3], fill=(228, 228, 228))
         if isinstance(v, (int, float)) and math.isfinite(v):
@@ -101,14 +101,29 @@ def _tile(crop_path: Path, entry: Mapping, rank: int, size: int, fonts) -> Image
     return tile
 
 
-def render_sheet(export_dir: Path, entry: Mapping, source: str, opts: SheetOptions) -> Image.Image:
-    """The contact sheet of one face set (an entry of the export manifest's ``facesets``)."""
+def render_sheet(
+    export_dir: Path,
+    entry: Mapping,
+    source: str,
+    opts: SheetOptions,
+    title: str | None = None,
+    details: Sequence[str] = (),
+) -> Image.Image:
+    """The contact sheet of one face set (an entry of the export manifest's ``facesets``).
+
+    ``title``: the header line instead of ``<name> · <source>``; ``details``: more lines under
+    the facts (the library's sheets: kind, label, sources, eras). The component legend is
+    drawn only when the crops carry components.
+    """
     crops = sorted(entry.get("crops", []), key=lambda c: -(c.get("score") or 0.0))
     shown = crops[: opts.max_tiles]
     fonts = (_font(22), _font(14), _font(12))
     cols = max(1, min(opts.columns, len(shown) or 1))
-    gap, margin, header = 8, 16, 78
-    tile_h = opts.thumb + LABEL_H
+    legend = any(c.get("components") for c in crops)
+    gap, margin = 8, 16
+    header = 58 + 20 * len(details) + (20 if legend else 0)
+    label_h = LABEL_H if legend else 21  # no components (the library's crops): the score band only
+    tile_h = opts.thumb + label_h
     rows = math.ceil(len(shown) / cols) if shown else 0
     width = max(2 * margin + cols * opts.thumb + (cols - 1) * gap, 760)
     height = header + margin + rows * (tile_h + gap) + (40 if not shown else 0)
@@ -116,7 +131,7 @@ def render_sheet(export_dir: Path, entry: Mapping, source: str, opts: SheetOptio
     draw = ImageDraw.Draw(sheet)
     scores = [c["score"] for c in crops if isinstance(c.get("score"), (int, float))]
     name = entry.get("name", "?")
-    title = f"{name}  ·  {source}" if source else name
+    title = title or (f"{name}  ·  {source}" if source else name)
     draw.text((margin, 10), title, fill=INK, font=fonts[0])
     facts = f"{len(crops)} crops from {entry.get('unique_images', '?')} photos"
     if scores:
@@ -124,14 +139,17 @@ def render_sheet(export_dir: Path, entry: Mapping, source: str, opts: SheetOptio
     if len(crops) > len(shown):
         facts += f"  ·  showing the best {len(shown)}"
     draw.text((margin, 38), facts, fill=MUTED, font=fonts[1])
-    _legend(draw, margin, 58, fonts[2])
+    for i, line in enumerate(details):
+        draw.text((margin, 58 + 20 * i), line, fill=MUTED, font=fonts[1])
+    if legend:
+        _legend(draw, margin, 58 + 20 * len(details), fonts[2])
     if not shown:
         draw.text((margin, header + 8), "no crops exported", fill=(200, 0, 0), font=fonts[1])
     for i, c in enumerate(shown):
         r, k = divmod(i, cols)
         x = margin + k * (opts.thumb + gap)
         y = header + r * (tile_h + gap)
-        sheet.paste(_tile(export_dir / c["file"], c, i, opts.thumb, fonts), (x, y))
+        sheet.paste(_tile(export_dir / c["file"], c, i, opts.thumb, fonts, label_h), (x, y))
     return sheet
 
 
@@ -161,6 +179,167 @@ def contact_sheets(export_dir: Path, out_dir: Path, opts: SheetOptions) -> list[
             dest = tmp / sheet_name(entry.get("name", "faceset"))
             render_sheet(export_dir, entry, manifest.get("source", ""), opts).save(dest, optimize=True)
             written.append(out_dir / dest.name)
+    return written
+
+
+# ---------------------------------------------------------------- the library
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no {what} (run manifest-merge first)") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+@dataclass(frozen=True)
+class LibraryIdentity:
+    """One identity of facesets_swap_ready/ as the report shows it."""
+
+    number: int
+    name: str
+    kind: str
+    label: str | None
+    parent: str | None
+    sources: list[str]
+    aliases: list[str]
+    faces: int
+    photos: int
+    thin: bool
+    dir: str
+    eras: list[str]  # "<name> (<faces>)" of its eras, thin ones marked
+    entries: list[str]  # "<source>/<export entry>" merged into it (the per-source names)
+
+    @property
+    def sheet(self) -> str:
+        return sheet_name(f"{self.number:03d}_{self.name}")
+
+    def details(self) -> list[str]:
+        kind = f"{self.kind}" + (f", label {self.label!r}" if self.label else "")
+        if self.parent:
+            kind += f", era of {self.parent}" + (" (thin: fewer than min_era_faces)" if self.thin else "")
+        lines = [f"kind {kind}  ·  sources: {', '.join(self.sources) or '-'}"]
+        if self.eras:
+            lines.append(f"eras: {', '.join(self.eras)}")
+        if self.entries:
+            lines.append(f"from: {', '.join(self.entries)}"[:160])
+        return lines
+
+
+def library_identities(swap_ready: Path) -> tuple[list[LibraryIdentity], list[dict]]:
+    """The library's identities (numbered order) and the merge's notes, from manifest.json + ledger.json."""
+    swap_ready = Path(swap_ready)
+    manifest = _read_json(swap_ready / "manifest.json", "library manifest")
+    ledger = _read_json(swap_ready / "ledger.json", "identity ledger")
+    idents = {i["number"]: i for i in ledger.get("identities", [])}
+    entries: dict[int, list[str]] = {}
+    for source, batch in ledger.get("batches", {}).items():
+        for entry, number in batch.get("entries", {}).items():
+            entries.setdefault(number, []).append(f"{source}/{entry}")
+    out = []
+    rows = [*manifest.get("facesets", []), *manifest.get("thin_eras", [])]
+    for e in sorted(rows, key=lambda e: e["number"]):
+        raw = idents.get(e["number"], {})
+        names = {e["name"], *raw.get("aliases", [])}
+        eras = [
+            f"{i['name']} ({len(i.get('members', {}))}{', thin' if i.get('thin') else ''})"
+            for i in sorted(idents.values(), key=lambda i: i["number"])
+            if i.get("kind") == "era" and i.get("parent") in names
+        ]
+        out.append(
+            LibraryIdentity(
+                number=e["number"],
+                name=e["name"],
+                kind=e["kind"],
+                label=raw.get("label"),
+                parent=raw.get("parent"),
+                sources=list(raw.get("sources", [])),
+                aliases=list(raw.get("aliases", [])),
+                faces=int(e["faces"]),
+                photos=int(e["unique_images"]),
+                thin=bool(raw.get("thin", False)),
+                dir=e["dir"],
+                eras=eras,
+                entries=sorted(entries.get(e["number"], [])),
+            )
+        )
+    notes = [n for b in ledger.get("batches", {}).values() for n in b.get("notes", [])]
+    return out, notes
+
+
+def library_sheets(swap_ready: Path, out_dir: Path, opts: SheetOptions) -> list[Path]:
+    """One PNG per library identity, ``<number>_<name>.png``, from the library's own crops."""
+    swap_ready, out_dir = Path(swap_ready), Path(out_dir)
+    idents, _ = library_identities(swap_ready)
+    written = []
+    with staged_dir(out_dir) as tmp:
+        for ident in idents:
+            d = swap_ready / ident.dir
+            entry = _read_json(d / "manifest.json", f"manifest of identity #{ident.number}")
+            entry = {**entry, "unique_images": ident.photos}
+            title = f"#{ident.number}  {ident.name}"
+            render_sheet(d, entry, "", opts, title=title, details=ident.details()).save(
+                tmp / ident.sheet, optimize=True
+            )
+            written.append(out_dir / ident.sheet)
+    return written
+
+
+_NOTE_TITLES = {
+    "label_conflict": "Labels in conflict (not merged)",
+    "label_split": "Hand-sorted faces in other identities (not moved)",
+    "held": "Held back: below refine.min_faces after every gate",
+    "duplicates": "Near-duplicates left out",
+    "relocated": "Photos found at a new path",
+}
+
+
+def render_library_html(idents: Sequence[LibraryIdentity], notes: Sequence[dict], sheets_dir: str | None) -> str:
+    """The library overview page: every identity with its provenance, then what the merge reported."""
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("#", "name", "kind", "label", "sources", "faces", "photos", "eras", "from (per-source names)")
+    )
+    body = []
+    for i in idents:
+        kind = i.kind + (" (thin)" if i.thin else "") + (f" of {html.escape(i.parent)}" if i.parent else "")
+        name = html.escape(i.name) + (
+            f"<br><span class='m'>was {html.escape(', '.join(i.aliases))}</span>" if i.aliases else ""
+        )
+        body.append(
+            f"<tr><td class='n'>{i.number}</td><td>{name}</td><td>{kind}</td><td>{html.escape(i.label or '')}</td>"
+            f"<td>{html.escape(', '.join(i.sources))}</td><td class='n'>{i.faces}</td><td class='n'>{i.photos}</td>"
+            f"<td>{html.escape(', '.join(i.eras))}</td><td class='m'>{html.escape(', '.join(i.entries))}</td></tr>"
+        )
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>face-sets library</title>"
+        f"<style>{_CSS} td.m,span.m{{color:#666;font-size:12px}} li{{font-size:13px;margin:2px 0}}</style>"
+        "</head><body><h1>The library: facesets_swap_ready/</h1>",
+        f"<p class='note'>{len([i for i in idents if not i.thin])} identities and "
+        f"{len([i for i in idents if i.thin])} thin eras, by library number (numbers never change). "
+        "One contact sheet per identity is in this report's Library section"
+        + (f" ({html.escape(sheets_dir)})" if sheets_dir else "")
+        + "; the per-source sheets show the exports under their own names, mapped here in the last column.</p>",
+        f"<table><tr>{head}</tr>{''.join(body)}</table>",
+    ]
+    kinds = [k for k in _NOTE_TITLES if any(n.get("kind") == k for n in notes)]
+    parts.append("<h2>What the merge reported</h2>")
+    if not kinds:
+        parts.append("<p class='note'>Nothing: no label conflicts, no held sets, no duplicates left out.</p>")
+    for k in kinds:
+        items = "".join(f"<li>{html.escape(n.get('message', ''))}</li>" for n in notes if n.get("kind") == k)
+        parts.append(f"<h3>{_NOTE_TITLES[k]}</h3><ul>{items}</ul>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def library_report(swap_ready: Path, out_dir: Path, page: Path, opts: SheetOptions) -> list[Path]:
+    """``facesets library-report``: the per-identity sheets into ``out_dir`` and the overview ``page``."""
+    written = library_sheets(swap_ready, out_dir, opts)
+    idents, notes = library_identities(swap_ready)
+    write_text(page, render_library_html(idents, notes, Path(out_dir).name + "/"))
     return written
 
 

@@ -1,5 +1,39 @@
-# report: what `snakemake --report report.html` shows after a run. Per source and face set a
-# contact sheet of the exported crops with their quality scores; one page of run statistics.
+# report: what `snakemake --report report.html` shows after a run. First the library (one contact
+# sheet per library identity under its number and name, an overview page with what the merge
+# reported), then per source and face set a contact sheet of the exported crops with their
+# quality scores; one page of run statistics. Categories sort by name: the numbers order them.
+rule library_report:
+    input:
+        manifest=f"{OUTPUT}/facesets_swap_ready/manifest.json",
+        ledger=f"{OUTPUT}/facesets_swap_ready/ledger.json",
+    output:
+        sheets=report(
+            directory(f"{OUTPUT}/report/library/contact_sheets"),
+            patterns=["{identity}.png"],
+            caption="../report/library_sheet.rst",
+            category="1. Library",
+            subcategory="identities",
+            labels={"identity": "{identity}"},
+        ),
+        page=report(
+            f"{OUTPUT}/report/library/library.html",
+            caption="../report/library.rst",
+            category="1. Library",
+            subcategory="overview",
+            labels={"page": "all identities"},
+        ),
+    params:
+        swap_ready=lambda w, input: os.path.dirname(input.manifest),
+        settings=lambda w: json.dumps(config["report"], sort_keys=True),
+    log:
+        f"{WORK}/logs/report/library.log",
+    conda:
+        "../envs/facesets.yaml"
+    shell:
+        "facesets library-report {params.swap_ready:q} {output.sheets:q} --page {output.page:q}"
+        " --report-settings {params.settings:q} 2> {log:q}"
+
+
 rule contact_sheets:
     input:
         export=f"{OUTPUT}/export/{{source}}",
@@ -8,7 +42,7 @@ rule contact_sheets:
             directory(f"{OUTPUT}/report/{{source}}/contact_sheets"),
             patterns=["{faceset}.png"],
             caption="../report/contact_sheet.rst",
-            category="Face sets",
+            category="2. Face sets per source",
             subcategory="{source}",
             labels={"source": "{source}", "face set": "{faceset}"},
         ),
@@ -33,7 +67,7 @@ rule run_stats:
         page=report(
             f"{OUTPUT}/report/run_stats.html",
             caption="../report/run_stats.rst",
-            category="Run statistics",
+            category="3. Run statistics",
             labels={"page": "all sources"},
         ),
         numbers=f"{OUTPUT}/report/run_stats.json",

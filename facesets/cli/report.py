@@ -22,6 +22,20 @@ def cmd_contact_sheets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_library_report(args: argparse.Namespace) -> int:
+    from facesets.report import SheetOptions, library_report
+
+    s = section_settings(args, "report", ("columns", "thumb", "max_tiles"))
+    written = library_report(
+        Path(args.swap_ready),
+        Path(args.out),
+        Path(args.page),
+        SheetOptions(columns=s["columns"], thumb=s["thumb"], max_tiles=s["max_tiles"]),
+    )
+    print(json.dumps({"sheets": len(written), "out": args.out, "page": args.page}))
+    return 0
+
+
 def cmd_run_stats(args: argparse.Namespace) -> int:
     from facesets.report import SourceFiles, run_stats
 
@@ -42,6 +56,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     cs.add_argument("--thumb", type=int)
     cs.add_argument("--max-tiles", type=int)
     cs.set_defaults(func=cmd_contact_sheets)
+
+    lr = sub.add_parser("library-report", help="the library: one contact sheet per identity + an overview page")
+    lr.add_argument("swap_ready", help="the facesets_swap_ready folder (manifest.json + ledger.json)")
+    lr.add_argument("out", help="output folder of <number>_<name>.png (replaced atomically)")
+    lr.add_argument("--page", required=True, help="the overview page (.html)")
+    lr.add_argument("--configfile", action="append", help="take the report settings from this config.yaml")
+    lr.add_argument("--report-settings", help="JSON object for the `report` config section")
+    lr.set_defaults(func=cmd_library_report)
 
     rs = sub.add_parser("run-stats", help="an HTML page of run statistics per source (images ... rejections by gate)")
     rs.add_argument("out", help="output page (.html)")
