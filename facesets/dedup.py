@@ -28,11 +28,14 @@ the order of their first member's path. Per-image hashes are cached by sha256 un
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import json
 import logging
 import math
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -77,7 +80,10 @@ class DedupStats:
     byte_identical_groups: int = 0
     hashed: int = 0  # photos hashed this run (the rest came from the cache)
     candidates: int = 0
-    verified: int = 0
+    verified: int = 0  # candidate pairs that passed (checked this run or cached)
+    cached: int = 0  # candidate verdicts taken from the verdict cache
+    skipped: int = 0  # candidates already in one group through other pairs: not verified
+    checked: int = 0  # candidates verified on pixels this run
     failed_pairs: int = 0  # pairs whose verification raised: reported in the document, skipped
     near_duplicate_groups: int = 0
     near_duplicate_images: int = 0
@@ -189,20 +195,32 @@ _ORB_FEATURES = 2000
 _ORB_MIN_SIDE = 64  # ORB's pyramid (8 levels, 1.2x) and 31 px patches: smaller images give no features
 
 
-def _orb_transform(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray | None, int]:
+OrbFeatures = tuple[np.ndarray, np.ndarray | None]  # keypoint positions (k, 2), descriptors (k, 32)
+
+
+def orb_features(img: np.ndarray) -> OrbFeatures:
+    """ORB keypoint positions and descriptors of one working copy (computed once per photo)."""
+    if min(img.shape) < _ORB_MIN_SIDE:
+        return np.zeros((0, 2), np.float32), None  # cv2 asserts on a pyramid level of 0 pixels (a 30000x8 strip)
+    kp, desc = cv2.ORB_create(_ORB_FEATURES).detectAndCompute(img, None)
+    return np.float32([k.pt for k in kp]).reshape(-1, 2), desc
+
+
+def _orb_transform(
+    a: np.ndarray, b: np.ndarray, fa: OrbFeatures | None = None, fb: OrbFeatures | None = None
+) -> tuple[np.ndarray | None, int]:
     if min(*a.shape, *b.shape) < _ORB_MIN_SIDE:
-        return None, 0  # cv2 asserts on a pyramid level of 0 pixels (a 30000x8 strip, a 1x1 image)
-    orb = cv2.ORB_create(_ORB_FEATURES)
-    ka, da = orb.detectAndCompute(a, None)
-    kb, db = orb.detectAndCompute(b, None)
-    if da is None or db is None or len(ka) < 8 or len(kb) < 8:
+        return None, 0  # too small for ORB: no features (and cv2 would assert in its pyramid)
+    pa_, da = fa if fa is not None else orb_features(a)
+    pb_, db = fb if fb is not None else orb_features(b)
+    if da is None or db is None or len(pa_) < 8 or len(pb_) < 8:
         return None, 0
     pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(db, da, k=2)
     good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < 0.8 * p[1].distance]
     if len(good) < 8:
         return None, 0
-    src = np.float32([kb[g.queryIdx].pt for g in good])
-    dst = np.float32([ka[g.trainIdx].pt for g in good])
+    src = np.float32([pb_[g.queryIdx] for g in good])
+    dst = np.float32([pa_[g.trainIdx] for g in good])
     m, inl = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0)
     if m is None:
         return None, 0
@@ -231,8 +249,17 @@ def _passes(opts: DedupOptions, overlap: float, ncc: float, cell: float) -> bool
     return overlap >= opts.min_overlap and ncc >= opts.min_ncc and cell >= opts.min_cell_ncc
 
 
-def verify_pair(a: np.ndarray, b: np.ndarray, opts: DedupOptions) -> Match:
-    """Is ``b`` the same photo as ``a`` (grey working copies from ``load_grey``)?"""
+def verify_pair(
+    a: np.ndarray,
+    b: np.ndarray,
+    opts: DedupOptions,
+    features: Callable[[], tuple[OrbFeatures, OrbFeatures]] | None = None,
+) -> Match:
+    """Is ``b`` the same photo as ``a`` (grey working copies from ``load_grey``)?
+
+    ``features``: returns both photos' ``orb_features`` (memoised per photo by the caller);
+    without it they are computed here.
+    """
     ha, wa = a.shape
     hb, wb = b.shape
     if abs(math.log((wa / ha) / (wb / hb))) < 0.03:  # same aspect ratio: try a plain resize first
@@ -241,7 +268,7 @@ def verify_pair(a: np.ndarray, b: np.ndarray, opts: DedupOptions) -> Match:
         ov = overlap_of(opts, shares)
         if _passes(opts, ov, ncc, cell):
             return Match(True, "resize", 0, ov, ncc, cell)
-    m, inliers = _orb_transform(a, b)
+    m, inliers = _orb_transform(a, b, *(features() if features is not None else (None, None)))
     if m is None or inliers < opts.min_inliers:
         return Match(False, "orb", inliers)
     shares, ncc, cell = compare_aligned(a, b, refine_transform(a, b, m))
@@ -365,9 +392,18 @@ def find_duplicates(
         pairs |= {(i, j) for i, j in face_pairs(faces, index, face_dist) if usable[i] and usable[j]}
     stats.candidates = len(pairs)
     failures: list[PairFailure] = []
-    verified = verify_pairs(sorted(pairs), readable["path"].tolist(), opts, failures)
+    phashes = hashes["phash"].to_numpy(np.int64)
+    cand = np.array(sorted(pairs), np.int64).reshape(-1, 2)
+    bits = hamming(phashes[cand[:, 0]], phashes[cand[:, 1]]) if len(cand) else np.zeros(0, np.int64)
+    ordered = [(int(i), int(j)) for i, j in cand[np.argsort(bits, kind="stable")]]  # likeliest first
+    vcache = SegmentCache(Path(cache_dir) / f"verdict-v{VERDICT_VERSION}", VERDICT_SCHEMA, "pair")
+    vstats = VerifyStats()
+    verified = verify_pairs(
+        ordered, readable["path"].tolist(), opts, failures, readable["sha256"].tolist(), vcache, vstats
+    )
     stats.verified = len(verified)
     stats.failed_pairs = len(failures)
+    stats.cached, stats.skipped, stats.checked = vstats.cached, vstats.skipped, vstats.checked
     uf = _UnionFind(len(readable))
     for i, j in verified:
         uf.union(i, j)
@@ -406,54 +442,199 @@ class PairFailure:
     error: str
 
 
+VERDICT_VERSION = 1  # bump when verification changes in a way the settings do not show
+VERDICT_SCHEMA = pa.schema(
+    [
+        ("pair", pa.string()),
+        ("ok", pa.bool_()),
+        ("how", pa.string()),
+        ("inliers", pa.int64()),
+        ("overlap", pa.float64()),
+        ("ncc", pa.float64()),
+        ("cell_ncc", pa.float64()),
+    ]
+)
+VERDICT_FLUSH = 256  # new verdicts per cache segment (a crash loses at most these)
+
+
+def verdict_settings(opts: DedupOptions) -> str:
+    """A short digest of everything a pair's verdict depends on besides the two photos' bytes."""
+    keys = ("work_size", "min_inliers", "min_overlap", "crops", "min_ncc", "min_cell_ncc", "max_pixels")
+    facts = {k: getattr(opts, k) for k in keys} | {
+        "grid": GRID,
+        "trim": TRIM_TOLERANCE,
+        "cell_rms": CELL_RMS_SCALE,
+        "orb": _ORB_FEATURES,
+        "orb_min_side": _ORB_MIN_SIDE,
+        "version": VERDICT_VERSION,
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pair_key(sha_a: str, sha_b: str, settings: str) -> str:
+    """Cache key of the verdict for ``b`` verified against ``a`` (ordered: a is the reference)."""
+    return f"{sha_a}:{sha_b}:{settings}"
+
+
+@dataclass
+class VerifyStats:
+    cached: int = 0  # verdicts taken from the cache
+    skipped: int = 0  # pairs whose photos were already in one group (transitively): never verified
+    checked: int = 0  # pairs verified on pixels this run
+
+
+def _overlay_root(uf: _UnionFind, overlay: dict[int, int], x: int) -> int:
+    r = uf.find(x)
+    while r in overlay:
+        r = overlay[r]
+    return r
+
+
 def verify_pairs(
     pairs: Sequence[tuple[int, int]],
     paths: Sequence[str],
     opts: DedupOptions,
     failures: list[PairFailure] | None = None,
+    shas: Sequence[str] | None = None,
+    cache: SegmentCache | None = None,
+    vstats: VerifyStats | None = None,
 ) -> list[tuple[int, int]]:
-    """The candidate pairs that pass verification (each photo decoded once, in a thread pool).
+    """The candidate pairs that pass verification, in the order given (most likely first).
 
-    One bad photo or pair never stops the stage: a photo that cannot be decoded fails its pairs;
-    a pair whose verification raises is logged with both file names, appended to ``failures``
-    and counted as not verified.
+    Incremental (with ``shas`` and a verdict ``cache``): a pair's verdict is a fact about the
+    two photos' bytes and the settings, so it is cached under both sha256s and the settings
+    digest, and a rerun verifies only new pairs. Pairs whose photos are already joined
+    (transitively, by verified or cached pairs) are skipped: they cannot change the groups,
+    which are the connected components of the verified pairs; a group of k copies costs about
+    k - 1 verifications instead of k(k-1)/2. Work goes to the thread pool in small batches
+    (two pairs per worker) that never hold two pairs the first could make redundant, so the
+    skip sees the verdicts of earlier batches.
+
+    Each photo is decoded once (its working copy and ORB features are kept while pairs still
+    need them). One bad photo or pair never stops the stage: a photo that cannot be decoded
+    fails its pairs; a pair whose verification raises is logged with both file names, appended
+    to ``failures``, counted as not verified and not cached (it is retried next run).
     """
-    needed = sorted({i for p in pairs for i in p})
+    vstats = vstats if vstats is not None else VerifyStats()
+    settings = verdict_settings(opts)
+    keys = [pair_key(shas[i], shas[j], settings) for i, j in pairs] if shas is not None else None
+    known: dict[str, bool] = {}
+    if cache is not None and keys is not None:
+        got = cache.load(keys)
+        known = dict(zip(got["pair"], got["ok"].astype(bool), strict=True))
     cv2.setNumThreads(1)
+    n = max((max(p) for p in pairs), default=-1) + 1
+    uf = _UnionFind(n)
+    ok: list[tuple[int, int]] = []
+    todo: list[int] = []
+    for k, (i, j) in enumerate(pairs):
+        if keys is not None and keys[k] in known:
+            vstats.cached += 1
+            if known[keys[k]]:
+                ok.append((i, j))
+                uf.union(i, j)
+        else:
+            todo.append(k)
+    pending = np.bincount(np.asarray([x for k in todo for x in pairs[k]], np.int64), minlength=n)
+    grey: dict[int, np.ndarray | None] = {}
+    feats: dict[int, OrbFeatures] = {}
     load_errors: dict[int, str] = {}
+    lock = threading.Lock()
 
-    def load(i: int) -> tuple[int, np.ndarray | None]:
+    def working_copy(i: int) -> np.ndarray | None:
+        with lock:
+            if i in grey:
+                return grey[i]
         try:
-            return i, load_grey(paths[i], opts.work_size, opts.max_pixels)
+            img = load_grey(paths[i], opts.work_size, opts.max_pixels)
         except imageio.ImageLoadError:
-            return i, None
+            img = None
         except Exception as exc:  # noqa: BLE001 - one odd photo must not stop dedup
             load_errors[i] = f"{type(exc).__name__}: {exc}"
             log.warning("dedup: cannot prepare %s: %s", paths[i], load_errors[i])
-            return i, None
+            img = None
+        with lock:
+            grey.setdefault(i, img)
+            return grey[i]
 
-    def check(p: tuple[int, int]) -> tuple[tuple[int, int], Match | PairFailure]:
-        a, b = grey[p[0]], grey[p[1]]
+    def features_of(i: int, img: np.ndarray) -> OrbFeatures:
+        with lock:
+            if i in feats:
+                return feats[i]
+        f = orb_features(img)
+        with lock:
+            return feats.setdefault(i, f)
+
+    def check(p: tuple[int, int]) -> Match | PairFailure:
+        a, b = working_copy(p[0]), working_copy(p[1])
         if a is None or b is None:
             bad = [load_errors[i] for i in p if i in load_errors]
-            return p, PairFailure((paths[p[0]], paths[p[1]]), bad[0]) if bad else Match(False, "-")
+            return PairFailure((paths[p[0]], paths[p[1]]), bad[0]) if bad else Match(False, "-")
         try:
-            m = verify_pair(a, b, opts)
+            m = verify_pair(a, b, opts, lambda: (features_of(p[0], a), features_of(p[1], b)))
         except Exception as exc:  # noqa: BLE001 - one bad pair must not stop dedup
             log.warning("dedup: skipped %s ~ %s: %s: %s", paths[p[0]], paths[p[1]], type(exc).__name__, exc)
-            return p, PairFailure((paths[p[0]], paths[p[1]]), f"{type(exc).__name__}: {exc}")
+            return PairFailure((paths[p[0]], paths[p[1]]), f"{type(exc).__name__}: {exc}")
         log.debug("dedup: %s ~ %s: %s", paths[p[0]], paths[p[1]], m)
-        return p, m
+        return m
 
-    ok: list[tuple[int, int]] = []
-    with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
-        grey = dict(pool.map(load, needed))
-        for p, m in pool.map(check, pairs):
-            if isinstance(m, PairFailure):
-                if failures is not None:
-                    failures.append(m)
-            elif m.ok:
-                ok.append(p)
+    def release(p: tuple[int, int]) -> None:
+        for i in p:
+            pending[i] -= 1
+            if pending[i] == 0:
+                with lock:
+                    grey.pop(i, None)
+                    feats.pop(i, None)
+
+    rows: list[dict] = []
+
+    def flush(final: bool = False) -> None:
+        if cache is not None and rows and (final or len(rows) >= VERDICT_FLUSH):
+            cache.add(pd.DataFrame(rows, columns=VERDICT_SCHEMA.names))
+            rows.clear()
+
+    workers = max(1, opts.workers)
+    batch_size = 2 * workers
+    queue = collections.deque(todo)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while queue:
+            # A batch never holds two pairs that would join the same two groups if the first
+            # passed (an overlay union-find over this batch): those wait for its verdicts.
+            batch: list[int] = []
+            hold: list[int] = []
+            overlay: dict[int, int] = {}
+
+            scanned = 0
+            while queue and len(batch) < batch_size and scanned < 64 * batch_size:
+                k = queue.popleft()
+                scanned += 1
+                i, j = pairs[k]
+                if uf.find(i) == uf.find(j):
+                    vstats.skipped += 1
+                    release((i, j))
+                    continue
+                ri, rj = _overlay_root(uf, overlay, i), _overlay_root(uf, overlay, j)
+                if ri == rj:
+                    hold.append(k)
+                    continue
+                overlay[max(ri, rj)] = min(ri, rj)
+                batch.append(k)
+            queue.extendleft(reversed(hold))
+            for k, m in zip(batch, pool.map(lambda k: check(pairs[k]), batch), strict=True):
+                p = pairs[k]
+                release(p)
+                if isinstance(m, PairFailure):
+                    if failures is not None:
+                        failures.append(m)
+                    continue
+                vstats.checked += 1
+                if m.how != "-" and keys is not None:
+                    rows.append({"pair": keys[k], **asdict(m)})
+                if m.ok:
+                    ok.append(p)
+                    uf.union(*p)
+            flush()
+    flush(final=True)
     return ok
 
 
