@@ -133,7 +133,13 @@ def make_detector(
     s[backend] = {**dict(s.get(backend, {})), "det_thresh": opts.redetect_thresh}
     s = validate(s, load_schema("config")["properties"]["embed"], "export re-detection settings")
     analyzer = create_analyzer(backend, s, providers=providers, model_dir=model_dir)
-    return analyzer.detect, analyzer.model_id
+    if backend == "insightface":  # already the pack's SCRFD, as roop runs it
+        return analyzer.detect, analyzer.model_id
+    from facesets.analyzers.insightface import with_pack_detector  # + SCRFD when a pack is on disk
+
+    return with_pack_detector(
+        analyzer.detect, analyzer.model_id, s.get("insightface"), providers, opts.redetect_size, opts.redetect_thresh
+    )
 
 
 def backend_of(model_id: str) -> str:

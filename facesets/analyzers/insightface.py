@@ -309,10 +309,18 @@ class ScrfdCropChecker:
     (buffalo_l: det_10g) at det_size 640, threshold 0.5, every face kept. Only the detector
     is loaded (one session)."""
 
-    def __init__(self, det_model: Any, pack_name: str) -> None:
+    def __init__(
+        self,
+        det_model: Any,
+        pack_name: str,
+        digest: str = "",
+        det_size: int = ROOP_DET_SIZE,
+        det_thresh: float = ROOP_DET_THRESH,
+    ) -> None:
         self.det_model = det_model
         self.pack_name = pack_name
-        self.det_model.prepare(0, input_size=(ROOP_DET_SIZE, ROOP_DET_SIZE), det_thresh=ROOP_DET_THRESH)
+        self.id = f"scrfd-{pack_name}-{digest}-{det_size}-{det_thresh}"
+        self.det_model.prepare(0, input_size=(det_size, det_size), det_thresh=det_thresh)
 
     def faces(self, rgb: np.ndarray) -> list[Detection]:
         return scrfd_detect(self.det_model, rgb)
@@ -326,6 +334,8 @@ def scrfd_crop_checker(
     root: str = "~/.insightface",
     providers: Sequence[str] = ("CPUExecutionProvider",),
     threads: int = 1,
+    det_size: int = ROOP_DET_SIZE,
+    det_thresh: float = ROOP_DET_THRESH,
 ) -> ScrfdCropChecker | None:
     """The pack's SCRFD as a crop checker when the pack is on disk (never downloads); None
     when it is not (the export then re-checks with YuNet alone)."""
@@ -334,4 +344,51 @@ def scrfd_crop_checker(
     except FileNotFoundError:
         return None
     det = loaded.models.get(DETECTION)
-    return None if det is None else ScrfdCropChecker(det, Path(pack).name)
+    if det is None:
+        return None
+    digest = _pack_digest(loaded.model_dir, loaded.digests)
+    return ScrfdCropChecker(det, Path(pack).name, digest, det_size, det_thresh)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def union_detector(
+    detect: Callable[[np.ndarray], list[Detection]], checker: ScrfdCropChecker, same_iou: float = 0.3
+) -> Callable[[np.ndarray], list[Detection]]:
+    """``detect``'s faces plus those only the pack's SCRFD finds (IoU < ``same_iou`` with all of
+    them): a crop passes the export's single-face check only when neither detector sees a
+    second face, and the target counts as found when either sees it."""
+
+    def both(rgb: np.ndarray) -> list[Detection]:
+        first = detect(rgb)
+        extra = [d for d in checker.faces(rgb) if all(_iou(d.bbox, f.bbox) < same_iou for f in first)]
+        return first + extra
+
+    return both
+
+
+def with_pack_detector(
+    detect: Callable[[np.ndarray], list[Detection]],
+    detector_id: str,
+    insightface_settings: dict[str, Any] | None,
+    providers: Sequence[str],
+    det_size: int = ROOP_DET_SIZE,
+    det_thresh: float = ROOP_DET_THRESH,
+) -> tuple[Callable[[np.ndarray], list[Detection]], str]:
+    """Export's re-detection for a non-insightface backend: ``detect`` alone, or, when the
+    configured insightface pack is on disk, ``detect`` united with its SCRFD (what roop runs).
+    The returned id names both (it keys the crop cache)."""
+    s = insightface_settings or {}
+    checker = scrfd_crop_checker(
+        s.get("pack", "buffalo_l"), s.get("root", "~/.insightface"), providers, 1, det_size, det_thresh
+    )
+    if checker is None:
+        return detect, detector_id
+    log.info("export re-detection: %s and the insightface pack's SCRFD (%s)", detector_id, checker.pack_name)
+    return union_detector(detect, checker), f"{detector_id}+{checker.id}"

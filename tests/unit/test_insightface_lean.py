@@ -192,3 +192,22 @@ def test_pack_digest_includes_nested_files(full_pack):
 def test_crop_checker_needs_the_pack_on_disk(tmp_path):
     assert ins.scrfd_crop_checker("buffalo_l", str(tmp_path / "empty-root")) is None  # no download attempted
     assert not (tmp_path / "empty-root").exists()
+
+
+def test_export_redetection_adds_the_packs_scrfd_when_on_disk(tmp_path):
+    root = tmp_path / "root"
+    om.write_full_pack(root / "models" / "buffalo_l", dim=DIM, seed=3)
+    img = face_image()
+
+    def yunet_sees_nothing(rgb):
+        return []
+
+    detect, det_id = ins.with_pack_detector(
+        yunet_sees_nothing, "opencv-x", {"pack": "buffalo_l", "root": str(root)}, ()
+    )
+    assert det_id.startswith("opencv-x+scrfd-buffalo_l-") and len(detect(img)) == 1
+    # a face both detectors see counts once
+    once = ins.with_pack_detector(detect, "y", {"pack": "buffalo_l", "root": str(root)}, ())[0]
+    assert len(once(img)) == 1
+    alone, alone_id = ins.with_pack_detector(yunet_sees_nothing, "opencv-x", {"root": str(tmp_path / "none")}, ())
+    assert alone is yunet_sees_nothing and alone_id == "opencv-x"
