@@ -72,8 +72,9 @@ def write_workflow_config(tmp: Path, photos: Path, model_dir: Path, name: str = 
     (tmp / "sources").mkdir(exist_ok=True)
     (tmp / "sources" / f"{name}.yaml").write_text(f"name: {name}\nkind: folder\npath: {photos}\n")
     cfg = tmp / "config.yaml"
+    # relative roots, as in the default config: snakemake runs with -d tmp (run_snakemake)
     cfg.write_text(
-        f"work_root: {tmp / 'work'}\noutput_root: {tmp / 'out'}\nmodel_dir: {model_dir}\n"
+        f"work_root: work\noutput_root: out\nmodel_dir: {model_dir}\n"
         f"sources:\n  - {tmp / 'sources' / (name + '.yaml')}\n{extra}"
     )
     return cfg
@@ -81,6 +82,10 @@ def write_workflow_config(tmp: Path, photos: Path, model_dir: Path, name: str = 
 
 def run_snakemake(args: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    # Paths inside the run directory as a user types them there: relative, like the outputs of
+    # the default config's relative roots (Snakemake matches an absolute target only to an
+    # absolute output).
+    args = [os.path.relpath(a, cwd) if os.path.isabs(a) and Path(a).is_relative_to(cwd) else a for a in args]
     cmd = [str(VENV_BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(cwd), *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
