@@ -48,6 +48,7 @@ ACTIONS = ("name", "merge", "split", "reject", "accept", "hide", "no_export")
 FACES_DIR = ".faces"  # every crop the library has seen, by face key
 FACE_KEY = re.compile(r"^[0-9a-f]{64}_[0-9]+$")
 FILE_VERSION = 1
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: marks and all
 
 
 class DecisionError(ValueError):
@@ -123,8 +124,8 @@ def _describe(err: jsonschema.ValidationError) -> str:
 def parse(text: str, where: str) -> list[Decision]:
     """The decisions in ``text`` (the content of file ``where``), validated; raises DecisionError."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=LOADER)
+        data = yaml.load(text, Loader=LOADER)  # a safe loader (CSafeLoader or SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -443,11 +444,14 @@ def apply(ledger: L.Ledger, decisions: Sequence[Decision]) -> View:
 # ---------------------------------------------------------------------------- the merge's side
 
 
-def _link_or_copy(src: Path, dest: Path) -> None:
+def _link_or_copy(src: Path, dest: Path, link: bool = True) -> None:
+    """``dest`` becomes ``src``'s content (temp + rename): a hard link when ``link`` and possible."""
     tmp = dest.with_name(f".tmp-{dest.name}")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     try:
+        if not link:
+            raise OSError("copy asked for")
         os.link(src, tmp)
     except OSError:
         shutil.copyfile(src, tmp)
@@ -455,11 +459,16 @@ def _link_or_copy(src: Path, dest: Path) -> None:
 
 
 def _keep_crop(swap_ready: Path, key: str, src: Path) -> str:
-    """``.faces/<key>.png`` (made from ``src`` when missing); returns its path relative to the library."""
+    """``.faces/<key>.png`` (made from ``src`` when missing); returns its path relative to the library.
+
+    Files of the library itself are linked (the library only ever replaces files, never rewrites
+    them); files from elsewhere (an export) are copied, as their owner may rewrite them in place.
+    """
     dest = swap_ready / FACES_DIR / f"{key}.png"
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _link_or_copy(src, dest)
+        inside = Path(os.path.abspath(src)).is_relative_to(Path(os.path.abspath(swap_ready)))
+        _link_or_copy(src, dest, link=inside)
     return dest.relative_to(swap_ready).as_posix()
 
 

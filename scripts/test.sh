@@ -8,6 +8,11 @@ bash scripts/setup.sh
 # installed here when we are root with apt-get; otherwise (or if that fails) the test skips.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     bash scripts/slurm/install.sh || echo "test: Slurm install failed; the slurm test will skip" >&2
+    # The browser tests (tests/browser/) drive Debian's chromium through its chromedriver (no browser download).
+    if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+            || echo "test: chromium install failed; the browser tests will skip" >&2
+    fi
 fi
 export PATH="$PWD/.venv/bin:$PATH"
 exec python -m pytest "$@"

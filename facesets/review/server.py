@@ -55,10 +55,11 @@ class Snapshot:
     view: D.View
     error: str | None
     eras: dict[str, list[int]]  # parent name -> era identity numbers
+    known: dict[str, L.Member]  # every face the library has seen (decisions.known_faces)
 
 
 class Library:
-    """The ledger + decisions file, re-read when either changes on disk."""
+    """The ledger + decisions file, re-read when either changes on disk (the ledger only when it does)."""
 
     def __init__(self, swap_ready: Path, decisions_path: Path):
         self.root = Path(swap_ready).resolve()
@@ -66,26 +67,33 @@ class Library:
         self._lock = threading.Lock()
         self._key: tuple | None = None
         self._snap: Snapshot | None = None
+        self._ledger: tuple[tuple | None, L.Ledger] | None = None
 
-    def _stamp(self) -> tuple:
-        out = []
-        for p in (self.root / "ledger.json", self.decisions_path):
-            try:
-                st = p.stat()
-                out.append((st.st_mtime_ns, st.st_size, st.st_ino))
-            except FileNotFoundError:
-                out.append(None)
-        return tuple(out)
+    @staticmethod
+    def _stat(p: Path) -> tuple | None:
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def ledger(self) -> L.Ledger:
+        """The ledger (never changed here: decisions.apply is pure), re-read when the file changed."""
+        path = self.root / "ledger.json"
+        stamp = self._stat(path)
+        if self._ledger is None or self._ledger[0] != stamp:
+            self._ledger = (stamp, L.load(path))
+        return self._ledger[1]
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            key = self._stamp()
+            key = (self._stat(self.root / "ledger.json"), self._stat(self.decisions_path))
             if self._snap is None or key != self._key:
                 self._snap, self._key = self._load(), key
             return self._snap
 
     def _load(self) -> Snapshot:
-        ledger = L.load(self.root / "ledger.json")
+        ledger = self.ledger()
         error = None
         try:
             decisions = D.load(self.decisions_path)
@@ -96,11 +104,13 @@ class Library:
         for ident in view.identities.values():
             if ident.kind == "era" and ident.parent:
                 eras.setdefault(ident.parent, []).append(ident.number)
-        return Snapshot(ledger, decisions, view, error, eras)
+        return Snapshot(ledger, decisions, view, error, eras, D.known_faces(ledger))
 
     def check(self, decisions: list[D.Decision]) -> None:
         """Refuse a decisions file that would not apply to the library (raises DecisionError)."""
-        D.apply(L.load(self.root / "ledger.json"), decisions)
+        with self._lock:
+            ledger = self.ledger()
+        D.apply(ledger, decisions)
 
 
 def _conflicts(ledger: L.Ledger) -> list[dict[str, Any]]:
@@ -190,7 +200,7 @@ def identity_detail(snap: Snapshot, number: int, args: Mapping[str, list[str]]) 
         {"face_key": k, "score": m.score, "source": m.source, "path": m.path}
         for k, m in ranked[page * per : (page + 1) * per]
     ]
-    known = D.known_faces(snap.ledger)
+    known = snap.known
     return {
         **summary(snap, ident),
         "page": page,
@@ -375,7 +385,7 @@ class Handler(BaseHTTPRequestHandler):
         kept = self.server.library.root / D.FACES_DIR / f"{key}.png"
         if kept.exists():
             return kept
-        m = D.known_faces(self.server.library.snapshot().ledger).get(key)
+        m = self.server.library.snapshot().known.get(key)
         if m is None:
             raise Refused(HTTPStatus.NOT_FOUND, f"no face {key} in the library")
         return self._under_library(m.crop)
@@ -384,7 +394,7 @@ class Handler(BaseHTTPRequestHandler):
         """The source photo of a face the library knows (the path its ledger records), nothing else."""
         if not D.FACE_KEY.match(key):
             raise Refused(HTTPStatus.BAD_REQUEST, "refused: not a face key")
-        m = D.known_faces(self.server.library.snapshot().ledger).get(key)
+        m = self.server.library.snapshot().known.get(key)
         if m is None or not m.path:
             raise Refused(HTTPStatus.NOT_FOUND, f"no photo recorded for face {key}")
         p = Path(m.path)
