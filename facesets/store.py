@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Iterable
@@ -90,6 +91,7 @@ class FaceStore(SegmentCache):
 
 CLAIM_STALE_S = 300.0  # a claim untouched this long is abandoned (its holder refreshes it every 30 s)
 CLAIM_TOUCH_S = 30.0
+_LIVE_TOKENS: set[str] = set()  # the Claims of this process
 
 
 def _pid_alive(pid: int) -> bool:
@@ -129,6 +131,8 @@ class Claims:
         self.stale_s = stale_s
         self.host = socket.gethostname()
         self.pid = os.getpid()
+        self.token = secrets.token_hex(8)  # several writers may live in one process
+        _LIVE_TOKENS.add(self.token)
         self.held: set[str] = set()
         self._touched = time.monotonic()
 
@@ -141,7 +145,7 @@ class Claims:
         except FileExistsError:
             return False
         with os.fdopen(fd, "w") as fh:
-            json.dump({"host": self.host, "pid": self.pid, "time": time.time()}, fh)
+            json.dump({"host": self.host, "pid": self.pid, "token": self.token, "time": time.time()}, fh)
         self.held.add(sha)
         return True
 
@@ -159,8 +163,8 @@ class Claims:
             return True
         if info.get("host") == self.host:
             pid = int(info.get("pid", -1))
-            if pid == self.pid:
-                return sha not in self.held  # a previous process of ours that had this pid
+            if pid == self.pid:  # this process, or an earlier one that had our pid
+                return info.get("token") not in _LIVE_TOKENS
             return not _pid_alive(pid)
         return False
 
