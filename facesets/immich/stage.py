@@ -485,8 +485,10 @@ def plan(
                 state.set(a.id, status="skipped", reason="duplicate", duplicate_of=win.id)
 
     claims = PathClaims(rec["path"] for rec in state.assets.values() if rec.get("path"))
-    staged_shas = frozenset(
-        r["sha256"] for r in state.assets.values() if r.get("status") == "staged" and r.get("sha256")
+    staged_shas = frozenset(  # bytes staged for an asset the server still lists
+        r["sha256"]
+        for aid, r in state.assets.items()
+        if aid in seen and r.get("status") == "staged" and r.get("sha256")
     )
     todo = []
     for a in sorted(winners, key=lambda a: (a.original_path, a.id)):

@@ -103,3 +103,15 @@ def test_an_echoed_key_is_redacted_from_the_error(server):
         c.faces(group_asset(server).id)
     assert key not in str(err.value) and "***" in str(err.value)
     assert redact(f"x {key} y", [key, ""]) == "x *** y"
+
+
+def test_config_keys_and_cli_flag_reach_the_stage():
+    from facesets.cli import build_parser
+    from facesets.cli.immich import immich_block
+
+    block = immich_block('{"url_env": "IMMICH_URL", "api_key_env": "IMMICH_API_KEY"}', "source s")
+    assert block["recheck_no_face"] is False and block["max_rate_limit_wait_s"] == 900
+    args = build_parser().parse_args(
+        ["stage-immich", "out.parquet", "--name", "s", "--immich-settings", "{}", "--recheck-no-face"]
+    )
+    assert args.recheck_no_face is True
