@@ -8,7 +8,7 @@ decision in ``state.json`` so the same command resumes. The folder then becomes 
 listing (``facesets.listing.stage_source``), so embed and cluster work unchanged.
 
 Modules: ``paths`` (untrusted ``originalPath`` -> safe local path), ``geometry`` (face boxes
-from preview space to original pixels), ``models`` (tolerant parsing of v2.7 / v3 responses),
+from preview space to original pixels), ``models`` (tolerant parsing of v2.7 .. v4 responses),
 ``client`` (HTTP: retries, Retry-After, circuit breaker, secrets kept out of messages),
 ``state`` (atomic, throttled state.json), ``stage`` (the concurrent pipeline and its report).
 """

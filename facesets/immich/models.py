@@ -1,4 +1,4 @@
-"""Parsing of the few Immich responses the stage step reads, for v2.7.x and v3.x alike.
+"""Parsing of the few Immich responses the stage step reads, for v2.7.x through v4.
 
 Only fields that both versions define are read, and only ``id``, ``checksum``,
 ``originalPath`` and ``type`` are required; everything else has a safe default. Differences
