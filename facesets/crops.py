@@ -18,6 +18,11 @@ detectable face. ``single_face_crop`` makes sure of it:
    threshold 0.5). Extra faces it finds are masked too and the check repeats (a few rounds).
 3. If the target is lost or extras remain, the next smaller padding is tried; when nothing
    works the crop is refused with the reason (``bystander`` or ``no_face``).
+4. A face larger than the target is never masked (the target may be a false detection next
+   to the real face, on a painting or a poster): a padding that would need it is skipped, and
+   when no padding leaves it out the crop is refused (``larger_face``).
+5. When the detector carries the backend's recognizer (``RedetectCheck``), the re-detected
+   target is embedded too, so export can refuse a crop whose one face is not the subject.
 
 Everything down to ``single_face_crop`` is a pure function of its inputs (no state, no I/O
 besides the codec). Below it, the crop machinery of export-swap and era-split: a ``CropJob``
@@ -49,7 +54,7 @@ from facesets.atomic import write_bytes, write_json
 log = logging.getLogger(__name__)
 
 Detector = Callable[[np.ndarray], list[Detection]]  # RGB uint8 -> detections in its pixels
-CROP_VERSION = 1  # bump when this module changes what a crop looks like: the crop cache is keyed by it
+CROP_VERSION = 2  # bump when this module changes what a crop looks like: the crop cache is keyed by it
 MATCH_IOU = 0.3  # a re-detected face is the target when its box overlaps the expected one this much
 
 
@@ -85,7 +90,8 @@ class CropResult:
     pad_ratio: float  # the padding used (or last tried)
     mode: str  # clean | shrunk | masked | refused
     masked: int  # faces masked
-    reason: str | None = None  # why refused: bystander | no_face
+    reason: str | None = None  # why refused: bystander | no_face | larger_face
+    face: Detection | None = None  # the re-detected target in the crop's pixels (when made)
 
 
 def square_box(bbox: Sequence[float], pad_ratio: float) -> SquareBox:
@@ -242,16 +248,19 @@ def single_face_crop(
     are the photo's other face boxes; ``detect`` re-detects in the encoded-then-decoded PNG.
     """
     clean = clean_pad_ratio(target, others, opts.pad_ratio, min(opts.min_pad_ratio, opts.pad_ratio))
-    saw_target_with_extras = False
+    saw_target_with_extras = hid_larger = False
     last_pad = opts.pad_ratio
     for pad, use_masks in pad_schedule(opts.pad_ratio, clean, opts):
         last_pad = pad
         box = square_box(target, pad)
-        img = render_crop(rgb, scale, box, opts.out_size)
         tgt = to_crop_coords(target, box, opts.out_size)
         region = np.array([0, 0, opts.out_size, opts.out_size], np.float64)
         masks = [to_crop_coords(o, box, opts.out_size) for o in others] if use_masks else []
         masks = [m for m in masks if overlap_fraction(m, region) > 0]
+        if any(_area(m) > _area(tgt) for m in masks):
+            hid_larger = True  # never mask a face larger than the subject: the subject may be the mistake
+            continue
+        img = render_crop(rgb, scale, box, opts.out_size)
         for _ in range(opts.max_rounds):
             work = mask_faces(img, masks, tgt, opts.mask_margin) if masks else img
             png = encode_png(work)
@@ -259,15 +268,23 @@ def single_face_crop(
             hits = [d for d in dets if iou(d.bbox, tgt) >= MATCH_IOU]
             if len(dets) == 1 and hits:
                 mode = "masked" if masks else ("clean" if pad >= opts.pad_ratio else "shrunk")
-                return CropResult(png, pad, mode, len(masks))
+                return CropResult(png, pad, mode, len(masks), face=hits[0])
             if not hits:
                 break  # the target itself is not found at this padding
             saw_target_with_extras = True
             extras = [d.bbox for d in dets if iou(d.bbox, tgt) < MATCH_IOU]
             if not extras:
                 break  # the target detected twice: masking cannot help, try another padding
+            if any(_area(b) > _area(tgt) for b in extras):
+                hid_larger = True
+                break
             masks = masks + extras
-    return CropResult(None, last_pad, "refused", 0, "bystander" if saw_target_with_extras else "no_face")
+    reason = "larger_face" if hid_larger else ("bystander" if saw_target_with_extras else "no_face")
+    return CropResult(None, last_pad, "refused", 0, reason)
+
+
+def _area(b: Sequence[float]) -> float:
+    return max(0.0, float(b[2]) - float(b[0])) * max(0.0, float(b[3]) - float(b[1]))
 
 
 # --------------------------------------------------------------------------- crops of face-table rows, cached
@@ -324,11 +341,13 @@ class CropMeta:
     mode: str  # clean | shrunk | masked | refused
     pad_ratio: float
     masked: int
-    reason: str | None = None  # bystander | no_face | unreadable when refused
+    reason: str | None = None  # bystander | no_face | larger_face | unreadable when refused
+    embedding: list[float] | None = None  # the crop's face re-embedded (unit), when the check has a recognizer
 
     @staticmethod
-    def of(res: CropResult) -> CropMeta:
-        return CropMeta(res.png is not None, res.mode, round(float(res.pad_ratio), 4), res.masked, res.reason)
+    def of(res: CropResult, embedding: np.ndarray | None = None) -> CropMeta:
+        emb = [round(float(v), 6) for v in embedding] if embedding is not None else None
+        return CropMeta(res.png is not None, res.mode, round(float(res.pad_ratio), 4), res.masked, res.reason, emb)
 
     def as_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "pad_ratio": self.pad_ratio, "masked": self.masked}
@@ -355,8 +374,8 @@ class CropCache:
             return None
         return found if (not found.ok or self._path(key, "png").exists()) else None
 
-    def put(self, key: str, res: CropResult) -> CropMeta:
-        meta = CropMeta.of(res)
+    def put(self, key: str, res: CropResult, embedding: np.ndarray | None = None) -> CropMeta:
+        meta = CropMeta.of(res, embedding)
         if res.png is not None:
             write_bytes(self._path(key, "png"), res.png)
         write_json(self._path(key, "json"), asdict(meta))
@@ -376,6 +395,27 @@ def _decode_for(job: CropJob, crop: CropOptions) -> imageio.Decoded:
         except (OSError, imageio.ImageLoadError) as exc:
             last = exc
     raise imageio.ImageLoadError(f"{job.paths[0]}: {last}")
+
+
+@dataclass(frozen=True)
+class RedetectCheck:
+    """Export's re-detection (a ``Detector``) that can also embed the face it found."""
+
+    detect: Detector
+    embed: Callable[[np.ndarray, Sequence[Detection]], np.ndarray]
+
+    def __call__(self, rgb: np.ndarray) -> list[Detection]:
+        return self.detect(rgb)
+
+
+def crop_embedding(res: CropResult, detect: Detector) -> np.ndarray | None:
+    """The unit embedding of the crop's face, when ``detect`` carries a recognizer."""
+    embed = getattr(detect, "embed", None)
+    if embed is None or res.png is None or res.face is None:
+        return None
+    v = np.asarray(embed(decode_png(res.png), [res.face])[0], np.float64)
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else None
 
 
 def make_crop(job: CropJob, detect: Detector, crop: CropOptions) -> CropResult:
@@ -405,6 +445,8 @@ class Cropper:
         todo = []
         for job in jobs:
             hit = self.cache.get(job.cache_key(self.crop, self.detector_id))
+            if hit is not None and hit.ok and hit.embedding is None and hasattr(self.detect, "embed"):
+                hit = None  # made before the check could embed: make it again
             if hit is not None:
                 out[job.face_key] = hit
                 self.reused += 1
@@ -415,7 +457,8 @@ class Cropper:
             res = make_crop(job, self.detect, self.crop)
             if res.reason == "unreadable":  # the photo may come back: do not remember that
                 return job.face_key, CropMeta.of(res)
-            return job.face_key, self.cache.put(job.cache_key(self.crop, self.detector_id), res)
+            emb = crop_embedding(res, self.detect)
+            return job.face_key, self.cache.put(job.cache_key(self.crop, self.detector_id), res, emb)
 
         with ThreadPoolExecutor(max(1, self.workers)) as pool:
             for i, (key, meta) in enumerate(pool.map(one, todo), 1):

@@ -45,7 +45,7 @@ import pandas as pd
 from facesets import thresholds
 from facesets.atomic import staged_dir, write_json
 from facesets.clustering import normalize
-from facesets.crops import CropCache, CropJob, CropMeta, CropOptions, Cropper, Detector, crop_jobs
+from facesets.crops import CropCache, CropJob, CropMeta, CropOptions, Cropper, Detector, RedetectCheck, crop_jobs
 from facesets.fsz import write_fsz_from_files
 from facesets.manifests import RESPONSIBLE_USE
 from facesets.options import section
@@ -56,7 +56,16 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CANDIDATES_DIR = "_candidates"
-REJECTIONS = ("outlier_tight", "min_face_short", "duplicate", "bystander_unfixable", "crop_no_face", "unreadable")
+REJECTIONS = (
+    "outlier_tight",
+    "min_face_short",
+    "duplicate",
+    "bystander_unfixable",
+    "crop_no_face",
+    "crop_masks_larger_face",
+    "crop_not_subject",
+    "unreadable",
+)
 
 
 # --------------------------------------------------------------------------- options
@@ -67,6 +76,7 @@ class ExportOptions:
     """The ``export`` config section, resolved for a model (defaults: the schema; ``resolve_options``)."""
 
     outlier_tight: float
+    subject_distance: float  # the crop's re-embedded face must be this close to the set (profile: outlier)
     candidate_distance: float
     min_face_short: float
     pad_ratio: float
@@ -99,6 +109,7 @@ def resolve_options(settings: Mapping[str, Any] | None, th: thresholds.ModelThre
         raise ValueError(f"export.weights must sum to 1 (got {sum(weights.values()):.4f}: {weights})")
     return ExportOptions(
         outlier_tight=float(s["outlier_tight"]) if s["outlier_tight"] is not None else th.outlier_tight,
+        subject_distance=th.outlier,
         candidate_distance=float(s["candidate_distance"]) if s["candidate_distance"] is not None else th.cluster,
         min_face_short=float(s["min_face_short"]),
         pad_ratio=float(s["pad_ratio"]),
@@ -134,12 +145,13 @@ def make_detector(
     s = validate(s, load_schema("config")["properties"]["embed"], "export re-detection settings")
     analyzer = create_analyzer(backend, s, providers=providers, model_dir=model_dir)
     if backend == "insightface":  # already the pack's SCRFD, as roop runs it
-        return analyzer.detect, analyzer.model_id
+        return RedetectCheck(analyzer.detect, analyzer.embed), analyzer.model_id
     from facesets.analyzers.insightface import with_pack_detector  # + SCRFD when a pack is on disk
 
-    return with_pack_detector(
+    detect, detector_id = with_pack_detector(
         analyzer.detect, analyzer.model_id, s.get("insightface"), providers, opts.redetect_size, opts.redetect_thresh
     )
+    return RedetectCheck(detect, analyzer.embed), detector_id  # its recognizer checks who the crop shows
 
 
 def backend_of(model_id: str) -> str:
@@ -153,7 +165,12 @@ def backend_of(model_id: str) -> str:
 # --------------------------------------------------------------------------- face sets
 
 
-REASON_OF_REFUSAL = {"bystander": "bystander_unfixable", "no_face": "crop_no_face", "unreadable": "unreadable"}
+REASON_OF_REFUSAL = {
+    "bystander": "bystander_unfixable",
+    "no_face": "crop_no_face",
+    "larger_face": "crop_masks_larger_face",
+    "unreadable": "unreadable",
+}
 
 
 def safe_name(name: str) -> str:
@@ -202,14 +219,18 @@ def select_crops(
     crop_meta: dict[str, CropMeta] = {}
     outcome: list[dict[str, str]] = []
     queues: dict[tuple[int, str], list[str]] = {}
+    cents: dict[int, np.ndarray] = {}
     for i, e in enumerate(entries):
         keys = [m["face_key"] for m in e["members"]]
         missing = [k for k in keys if k not in scored.score.index]
         if missing:
-            raise ValueError(f"face set {e['name']}: {len(missing)} member(s) not in the face table (e.g. {missing[0]})")
+            raise ValueError(
+                f"face set {e['name']}: {len(missing)} member(s) not in the face table (e.g. {missing[0]})"
+            )
         emb = np.stack(scored.emb.loc[keys].to_numpy()) if keys else np.zeros((0, 1))
         c = np.asarray(e["centroid"], np.float64) if e.get("centroid") else emb.sum(0)
         c = normalize(c[None])[0]
+        cents[i] = c
         dist = 1.0 - emb @ c if keys else np.zeros(0)
         res: dict[str, str] = {}
         alive = []
@@ -232,7 +253,13 @@ def select_crops(
         for g, k in heads.items():
             r = results[k]
             crop_meta[k] = r
-            if r.ok:
+            if (
+                r.ok
+                and r.embedding is not None
+                and 1.0 - float(np.asarray(r.embedding) @ cents[g[0]]) > (opts.subject_distance)
+            ):
+                outcome[g[0]][k] = "crop_not_subject"  # the one face in the crop is someone else
+            elif r.ok:
                 outcome[g[0]][k] = "exported"
                 for rest in queues[g]:
                     outcome[g[0]][rest] = "duplicate"
@@ -485,7 +512,16 @@ def run_export(
     detect, detector_id = detector_factory(opts, model_id)
     with staged_dir(out) as tmp:
         manifest = export_facesets(
-            ref.get("facesets", []), faces, q, groups, tmp, settings, detect, detector_id, crop_cache, ref.get("source", "")
+            ref.get("facesets", []),
+            faces,
+            q,
+            groups,
+            tmp,
+            settings,
+            detect,
+            detector_id,
+            crop_cache,
+            ref.get("source", ""),
         )
         cands: list[dict[str, Any]] = []
         if want_candidates:

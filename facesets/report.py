@@ -443,6 +443,8 @@ _GATES = {
     "min_face_short": "face too small (short edge < {min_face_short} px)",
     "bystander_unfixable": "bystander inside every crop",
     "crop_no_face": "no face found again in the crop",
+    "crop_masks_larger_face": "crop would mask a face larger than the subject",
+    "crop_not_subject": "the crop's face is not the set's person (> {subject_distance})",
     "unreadable": "photo unreadable",
 }
 
