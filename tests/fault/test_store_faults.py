@@ -449,3 +449,38 @@ def test_live_claim_on_another_host_waits_then_stale_is_taken(tmp_path):
     assert c.take("abc")  # untouched past the timeout: abandoned
     c.release(["abc"])
     assert not (tmp_path / "claims" / "abc").exists()
+
+
+# ---------------------------------------------------------------- the workflow re-lists what embed reported
+
+
+def test_snakemake_relists_a_file_changed_behind_stage(demo_photos, model_dir, tmp_path):
+    """A file rewritten after stage with its size and mtime kept (stage's fingerprint and hash
+    cache cannot see it): embed reports it, and the next run re-lists and re-hashes it."""
+    import hashlib
+
+    from tests.conftest import REPO, run_snakemake, write_workflow_config
+
+    lib = tmp_path / "photos"
+    photos = _library(demo_photos, lib, n=3)
+    cfg = write_workflow_config(tmp_path, lib, model_dir, name="lib")
+    work = tmp_path / "work" / "sources" / "lib"
+    base = ["--profile", str(REPO / "profiles" / "wsl"), "--configfile", str(cfg)]
+    run_snakemake([str(work / "listing.parquet"), *base], tmp_path)
+    victim = photos[1]
+    st = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different bytes
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    run_snakemake([str(work / "faces.parquet"), *base], tmp_path)
+    rec = _record(schema.read_table(work / "faces.images.parquet"), victim)
+    assert "changed since it was listed" in rec["error"]
+    assert retry_requests(work / "listing.parquet") == {str(victim)}
+
+    proc = run_snakemake([str(work / "faces.parquet"), *base], tmp_path)
+    assert "rule stage" in proc.stdout + proc.stderr
+    rec = _record(schema.read_table(work / "faces.images.parquet"), victim)
+    assert rec["sha256"] == hashlib.sha256(bytes(data)).hexdigest()
+    assert rec["status"] in ("faces", "noface"), rec["error"]
+    assert retry_requests(work / "listing.parquet") == set()
