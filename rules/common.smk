@@ -9,6 +9,7 @@ sys.path.insert(0, workflow.basedir)  # the facesets package, also when not pip-
 
 from facesets.config import ConfigError, load_workflow_config  # noqa: E402
 from facesets.embedhost import EmbedHost  # noqa: E402
+from facesets.era.names import check_era_identities  # noqa: E402
 from facesets.listing import fingerprint, retry_token  # noqa: E402
 from facesets.schema import SCHEMA_VERSION  # noqa: E402
 from facesets.snakelock import clear_stale_locks  # noqa: E402
@@ -26,6 +27,28 @@ except ConfigError as exc:
     raise WorkflowError(f"invalid configuration:\n{exc}") from None
 
 config.update(WF.settings)  # defaults filled, visible to every rule
+
+
+def decided_names(cfg):
+    """The names that `name` decisions of the decisions file give identities."""
+    from facesets.decisions import DecisionError, load
+
+    path = cfg.get("decisions")
+    try:
+        return [d.name for d in load(path) if d.action == "name" and d.name] if path and os.path.exists(path) else []
+    except DecisionError as exc:
+        raise WorkflowError(f"invalid decisions file:\n{exc}") from None
+
+
+# An eras.identities name the library cannot have stops here, before anything runs.
+_eras_error = check_era_identities(
+    config["eras"]["identities"],
+    WF.output_root / "facesets_swap_ready",
+    [s.root for s in WF.sources if s.kind == "identities"],
+    decided_names(config),
+)
+if _eras_error:
+    raise WorkflowError(f"invalid configuration:\n{_config_origin()}: {_eras_error}")
 if workflow.is_main_process:  # a run killed by SIGKILL left its locks: "run the same command again" works
     _locks = clear_stale_locks(Path.cwd())
     if _locks.message:

