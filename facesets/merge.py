@@ -359,7 +359,7 @@ def _merge_one(
     kept = [c for c in fresh if c["face_key"] not in dups]
     need = int(settings.min_faces.get(p.source, 0))
     photos = len({c["sha256"] for c in kept})
-    if number is None and p.kind in ("discovered", "routed") and photos < need:
+    if number is None and p.kind in ("discovered", "routed") and photos < need and p.crops:
         notes.append(
             _note(
                 "held",

@@ -108,7 +108,9 @@ def test_one_sheet_per_faceset_with_the_crops_in_score_order(fixture_export, tmp
 
 
 def test_max_tiles_and_empty_faceset(fixture_export, tmp_path):
-    contact_sheets(fixture_export, tmp_path / "s", build(SheetOptions, "report", {"columns": 3, "thumb": 100, "max_tiles": 5}))
+    contact_sheets(
+        fixture_export, tmp_path / "s", build(SheetOptions, "report", {"columns": 3, "thumb": 100, "max_tiles": 5})
+    )
     h = Image.open(tmp_path / "s" / "faceset_001.png").height
     assert h == 78 + 16 + 2 * (100 + LABEL_H + 8)  # 5 tiles in 2 rows of 3
     empty = Image.open(tmp_path / "s" / "faceset_003.png")
@@ -178,7 +180,15 @@ def test_snakemake_report_holds_one_contact_sheet_per_faceset(dev_faces, model_d
     names = [e["name"] for e in manifest["facesets"]]
     assert len(names) >= 3
     results, categories = _report_results(tmp_path / "report.html")
-    sheets = categories["Face sets"]["dev"]
+    assert sorted(categories)[0] == "1. Library"  # the report opens on the library
+    lib = json.loads((tmp_path / "out" / "facesets_swap_ready" / "manifest.json").read_text())
+    want = sorted(f"{e['number']:03d}_{e['name']}.png" for e in lib["facesets"] + lib["thin_eras"])
+    assert sorted(Path(p).name for p in categories["1. Library"]["identities"]) == want
+    (overview,) = categories["1. Library"]["overview"]
+    page = base64.b64decode(results[overview]["data_uri"].split("base64,", 1)[1]).decode()
+    for e in lib["facesets"]:
+        assert f"<td class='n'>{e['number']}</td><td>{e['name']}" in page
+    sheets = categories["2. Face sets per source"]["dev"]
     assert sorted(Path(p).name for p in sheets) == sorted(f"{n}.png" for n in names)
     for p in sheets:
         entry = results[p]
@@ -186,8 +196,28 @@ def test_snakemake_report_holds_one_contact_sheet_per_faceset(dev_faces, model_d
         png = base64.b64decode(entry["data_uri"].split("base64,", 1)[1])
         with Image.open(io.BytesIO(png)) as im:
             assert im.format == "PNG" and im.width >= 760
-    (stats_path,) = categories["Run statistics"].values()
+    (stats_path,) = categories["3. Run statistics"].values()
     page = base64.b64decode(results[stats_path[0]]["data_uri"].split("base64,", 1)[1]).decode()
     assert "Source dev" in page and "rejected: face too small" in page
     numbers = json.loads((tmp_path / "out" / "report" / "run_stats.json").read_text())[0]
     assert numbers["embed"]["images"] == 28 and numbers["export"]["facesets"] == len(names)
+
+
+def test_library_report_shows_each_identity_under_its_library_number(fixture_export, tmp_path):
+    from facesets import merge as M
+    from facesets.report import library_report
+
+    swap = tmp_path / "facesets_swap_ready"
+    M.run_merge([("family", fixture_export)], [], swap, M.MergeSettings(min_faces={"family": 5}))
+    out, page = tmp_path / "report" / "library" / "contact_sheets", tmp_path / "report" / "library" / "library.html"
+    written = library_report(swap, out, page, build(SheetOptions, "report", {"columns": 4, "thumb": 96}))
+    lib = json.loads((swap / "manifest.json").read_text())
+    assert [p.name for p in written] == [f"{e['number']:03d}_{e['name']}.png" for e in lib["facesets"]]
+    with Image.open(written[0]) as im:
+        assert im.width >= 760
+        assert im.height == 58 + 2 * 20 + 16 + 3 * (96 + 21 + 8)  # two detail lines, 11 crops in 3 rows
+    html_text = page.read_text()
+    assert "faceset_001" in html_text and "family/faceset_001" in html_text
+    # faceset_002 repeats faceset_001's first face keys: merged into #1, shown as its per-source name
+    assert "family/faceset_001, family/faceset_002" in html_text
+    assert "Held back" not in html_text  # an empty set is not held, there is nothing to hold
