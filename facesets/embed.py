@@ -255,6 +255,7 @@ def run_analysis(
                 log.info("embed: waiting for %d photos another embed is analysing", len(waiting))
                 time.sleep(poll_s)
             pending = waiting
+    claims.sweep(done | store.new_keys(seen))
     return transient, analyzed
 
 

@@ -190,6 +190,18 @@ class Claims:
             with contextlib.suppress(OSError):
                 os.utime(self._path(sha))
 
+    def sweep(self, done: set[str]) -> int:
+        """Remove abandoned claims on photos the store already has (a kill between writing a
+        segment and releasing its claims leaves them); returns how many."""
+        n = 0
+        if not self.dir.is_dir():
+            return 0
+        for p in self.dir.iterdir():
+            if p.name in done and p.name not in self.held and self.stale(p.name):
+                p.unlink(missing_ok=True)
+                n += 1
+        return n
+
     def release(self, shas: Iterable[str]) -> None:
         for sha in shas:
             if sha in self.held:

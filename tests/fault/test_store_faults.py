@@ -438,6 +438,21 @@ def test_claims_split_work_and_take_over_dead_holders(tmp_path):
     assert not list(claims_dir.iterdir())  # every claim released
 
 
+def test_claims_of_a_killed_writer_on_stored_photos_are_swept(tmp_path):
+    """A kill between writing a segment and removing its claims leaves claims on stored photos."""
+    store = FaceStore(tmp_path / "store", "counting")
+    todo = _tiny_photos(tmp_path / "p", 6)
+    run_analysis(todo, _CountingAnalyzer(store), store, EmbedOptions(batch_images=3, workers=1))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    claims_dir = store.dir / "claims"
+    for _, sha in todo[:3]:
+        (claims_dir / sha).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout)}))
+    (claims_dir / ("f" * 64)).write_text(json.dumps({"host": "elsewhere", "pid": 1}))  # live, not ours
+    an = _CountingAnalyzer(store)
+    assert run_analysis(todo, an, store, EmbedOptions(batch_images=3, workers=1)) == ([], 0)
+    assert [p.name for p in claims_dir.iterdir()] == ["f" * 64]
+
+
 def test_live_claim_on_another_host_waits_then_stale_is_taken(tmp_path):
     from facesets.store import Claims
 
