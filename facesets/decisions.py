@@ -25,7 +25,6 @@ no longer where a decision expects it is skipped and said so in the applied reco
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import hashlib
 import json
@@ -411,6 +410,8 @@ class _Applier:
             n = v.resolve(int(c["identity"]))
             if n is None or key in held or key in v.never_export or key in v.rejected.get(n, ()):
                 continue
+            if key in self.known and self.known[key].sha256 in v.identities[n].photos():
+                continue  # another face of a photo the identity has: one face per photo, never offered
             v.candidates.setdefault(n, []).append({"face_key": key, **c, "identity": n})
         for lst in v.candidates.values():
             lst.sort(key=lambda c: (-float(c.get("score", 0)), c["face_key"]))
@@ -694,14 +695,21 @@ def remove(
     return edit(path, change, check)
 
 
-def pending(ledger: L.Ledger, decisions: Sequence[Decision]) -> dict[str, list[dict[str, Any]]]:
-    """What the next merge will change: decisions not applied yet, and applied ones no longer in the file."""
+def pending(ledger: L.Ledger, decisions: Sequence[Decision]) -> dict[str, Any]:
+    """What the next merge will change: decisions not applied yet (``new``, with their index in the
+    file), applied ones no longer in the file (``undone``), and whether only the order changed."""
+    keys = ("action", "identity", "from", "faces", "name")
     applied = [
-        {k: v for k, v in r.items() if k in ("action", "identity", "from", "faces", "name")}
-        for r in ledger.curation.get("decisions", {}).get("applied", [])
+        {k: v for k, v in r.items() if k in keys} for r in ledger.curation.get("decisions", {}).get("applied", [])
     ]
     now = [d.as_dict() for d in decisions]
-    same = 0
-    while same < min(len(applied), len(now)) and applied[same] == now[same]:
-        same += 1
-    return {"new": [{**d, "index": i} for i, d in enumerate(now) if i >= same], "undone": copy.deepcopy(applied[same:])}
+    left = [json.dumps(a, sort_keys=True) for a in applied]
+    new = []
+    for i, d in enumerate(now):
+        k = json.dumps(d, sort_keys=True)
+        if k in left:
+            left.remove(k)
+        else:
+            new.append({**d, "index": i})
+    undone = [json.loads(k) for k in left]
+    return {"new": new, "undone": undone, "reordered": not new and not undone and applied != now}

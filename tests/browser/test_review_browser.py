@@ -217,7 +217,8 @@ def test_curate_through_the_page_then_run_the_workflow(library, server, browser,
     page.shot(shots / "04_applied.png")
 
     # undo the merge through the page: pending again, and the next run brings c back
-    page.el('#pending-list li[data-index="1"] button.undo').click()
+    page.el("#decisions-box summary").click()
+    page.el('#decision-list li[data-index="1"] button.undo').click()
     page.done("undone: merge")
     assert "1 change pending" in page.el("#pending-count").text
     assert [x["action"] for x in _decisions(tmp)] == ["name", "split", "reject", "accept"]

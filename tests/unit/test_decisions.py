@@ -88,8 +88,9 @@ def test_bad_yaml_names_the_line():
         )
 
 
-def test_missing_file_is_no_decisions(tmp_path):
+def test_missing_or_empty_file_is_no_decisions(tmp_path):
     assert D.load(tmp_path / "nope.yaml") == []
+    assert D.parse("", "d.yaml") == [] and D.parse("version: 1\ndecisions:\n", "d.yaml") == []
 
 
 def test_unknown_identity_and_face_stop_with_the_line(ledger):
@@ -255,8 +256,26 @@ def test_concurrent_writers_lose_nothing(tmp_path):
 def test_pending_lists_new_and_undone(ledger):
     ds = parse("{action: hide, identity: 3}", "{action: name, identity: 1, name: alice}")
     ledger.curation["decisions"] = {
-        "applied": [{"action": "hide", "identity": 3, "line": 3}, {"action": "hide", "identity": 2}]
+        "applied": [{"action": "hide", "identity": 2}, {"action": "hide", "identity": 3, "line": 3}]
     }
     p = D.pending(ledger, ds)
     assert p["new"] == [{"action": "name", "identity": 1, "name": "alice", "index": 1}]
-    assert p["undone"] == [{"action": "hide", "identity": 2}]
+    assert p["undone"] == [{"action": "hide", "identity": 2}] and not p["reordered"]
+    ledger.curation["decisions"]["applied"] = [d.as_dict() for d in reversed(ds)]
+    assert D.pending(ledger, ds) == {"new": [], "undone": [], "reordered": True}
+    ledger.curation["decisions"]["applied"] = [d.as_dict() for d in ds]
+    assert D.pending(ledger, ds) == {"new": [], "undone": [], "reordered": False}
+
+
+def test_a_candidate_from_a_photo_the_identity_has_is_not_offered(ledger):
+    sha = ledger.identities[1].members[key("b1")].sha256
+    ledger.curation["faces"][key("b1", 3)] = {
+        "source": "s",
+        "sha256": sha,
+        "path": "/p/b1.jpg",
+        "score": 0.9,
+        "crop": "f",
+    }
+    ledger.curation["candidates"][key("b1", 3)] = {"identity": 2, "distance": 0.3, "score": 0.9}
+    v = D.apply(ledger, [])
+    assert [c["face_key"] for c in v.candidates[2]] == [key("x1")]

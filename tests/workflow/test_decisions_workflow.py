@@ -91,7 +91,7 @@ class Lib:
         return {
             p.parent.relative_to(self.root).as_posix()
             for p in self.root.glob("**/manifest.json")
-            if p.parent != self.root
+            if p.parent != self.root and not p.relative_to(self.root).as_posix().startswith(".")
         }
 
     def tree(self) -> dict[str, bytes]:

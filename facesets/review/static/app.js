@@ -72,16 +72,14 @@
     $("libpath").textContent = s.library;
     if (s.error) say("The decisions file cannot be used, nothing will be written until it is fixed: " + s.error, true);
     const newIdx = new Set(s.pending.new.map((d) => d.index));
-    const list = $("pending-list");
-    list.replaceChildren();
-    s.decisions.forEach((d) => {
-      const li = el("li", { class: newIdx.has(d.index) ? "new" : "applied", "data-index": d.index },
-        describe(d) + (newIdx.has(d.index) ? " (pending)" : " (applied)"),
-        el("button", { class: "undo", "data-index": d.index, onclick: () => undo(d) , text: "Undo" }));
-      list.append(li);
-    });
-    s.pending.undone.forEach((d) => list.append(el("li", { class: "undone" }, describe(d) + " (undone, pending)")));
-    const n = s.pending.new.length + s.pending.undone.length;
+    const item = (d, label) => el("li", { class: newIdx.has(d.index) ? "new" : "applied", "data-index": d.index },
+      describe(d) + label, el("button", { class: "undo", "data-index": d.index, onclick: () => undo(d), text: "Undo" }));
+    $("pending-list").replaceChildren(
+      ...s.decisions.filter((d) => newIdx.has(d.index)).map((d) => item(d, "")),
+      ...s.pending.undone.map((d) => el("li", { class: "undone" }, describe(d) + " (removed from the file)")));
+    $("decision-list").replaceChildren(...s.decisions.map((d) => item(d, newIdx.has(d.index) ? " (pending)" : " (applied)")));
+    $("decisions-summary").textContent = "All " + plural(s.decisions.length, "decision") + " in " + s.decisions_file;
+    const n = s.pending.new.length + s.pending.undone.length + (s.pending.reordered ? 1 : 0);
     $("pending-count").textContent = n ? plural(n, "change") + " pending" : "All decisions applied";
     $("pending").hidden = s.decisions.length === 0 && s.pending.undone.length === 0;
     $("conflicts").hidden = s.conflicts.length === 0;
