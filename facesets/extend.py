@@ -1,4 +1,4 @@
-"""``facesets extend CACHE RAW [--refine-out OUT]``: grow raw clusters without moving anyone.
+"""``facesets extend FACES RAW [--refine-out OUT]``: grow raw clusters without moving anyone.
 
 The seed's extend: faces already in ``RAW/manifest.json`` keep their folder. Each new face
 joins the nearest existing ``person_NNN`` whose centroid is within the model's ``match``
@@ -9,10 +9,11 @@ together with the old singletons, is clustered at the model's ``cluster`` cut in
 
 from __future__ import annotations
 
-import json
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,8 @@ import pandas as pd
 from facesets import schema
 from facesets.clustering import assign_or_cluster, centroids, group_ids, normalize
 from facesets.embed import sidecar_paths
+from facesets.manifests import RAW_MANIFEST, read_raw_manifest, refine_manifest
+from facesets.options import build
 from facesets.rawclusters import ClusterOptions, write_clusters
 from facesets.thresholds import for_model
 
@@ -62,29 +65,30 @@ def extend_assignment(faces: pd.DataFrame, old: dict[str, str], match: float, cl
     return pd.Series([renum.get(n, n) for n in names], index=faces.index)
 
 
-def run_extend(cache: Path, raw: Path, refine_out: Path | None = None) -> dict:
-    manifest_path = Path(raw) / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{manifest_path}: not a raw cluster folder from `facesets cluster` ({exc})") from None
-    faces = schema.read_table(cache)
+def run_extend(
+    faces_path: Path, raw: Path, refine_out: Path | None = None, refine_settings: Mapping[str, Any] | None = None
+) -> dict:
+    """``facesets extend FACES RAW``: the new faces of FACES join the raw clusters of RAW (old faces
+    keep their cluster); with ``refine_out`` the clusters are refined too, by ``refine_settings``
+    (a ``refine`` config section; schema defaults for what it leaves out)."""
+    manifest_path = Path(raw) / RAW_MANIFEST
+    manifest = read_raw_manifest(manifest_path)
+    faces = schema.read_table(faces_path)
     old = {f["face_key"]: f["cluster"] for f in manifest["faces"]}
     missing = sorted(set(old) - set(faces["face_key"]))
     if missing:
         raise ValueError(
-            f"{cache}: {len(missing)} faces of {manifest_path} are not in this face table (e.g. {missing[0]}); "
+            f"{faces_path}: {len(missing)} faces of {manifest_path} are not in this face table (e.g. {missing[0]}); "
             "extend needs the old faces' embeddings: pass the source's full face table"
         )
     model_id = manifest.get("model_id") or (faces["model_id"].iloc[0] if len(faces) else "")
     th = for_model(model_id)
     faces = faces.sort_values("face_key").reset_index(drop=True)
     faces["cluster"] = extend_assignment(faces, old, th.match, th.cluster)
-    images_path, _ = sidecar_paths(Path(cache))
+    images_path, _ = sidecar_paths(Path(faces_path))
     images = schema.read_table(images_path) if images_path.exists() else pd.DataFrame(columns=schema.IMAGES.names)
-    opts = ClusterOptions(
-        threshold=float(manifest.get("threshold", th.cluster)), link_mode=manifest.get("link_mode", "hardlink")
-    )
+    kept = {"link_mode": manifest["link_mode"]} if manifest.get("link_mode") else {}
+    opts = build(ClusterOptions, "cluster", kept, threshold=float(manifest.get("threshold", th.cluster)))
     new_manifest = write_clusters(faces, images, Path(raw), opts, model_id)
     joined = sum(
         1 for k, c in zip(faces["face_key"], faces["cluster"], strict=True) if k not in old and c in set(old.values())
@@ -99,10 +103,9 @@ def run_extend(cache: Path, raw: Path, refine_out: Path | None = None) -> dict:
         from facesets.refine import refine_faces, write_refine
 
         labels = group_ids(faces["cluster"].where(faces["cluster"] != "_singletons", faces["face_key"]).to_numpy())
-        entries, stats = refine_faces(faces, None, {}, th, labels=labels)
-        write_refine(
-            {"version": 1, "model_id": model_id, "stats": stats, "facesets": entries}, faces, refine_out, opts.link_mode
-        )
+        entries, stats = refine_faces(faces, None, dict(refine_settings or {}), th, labels=labels)
+        source = str(faces["source"].iloc[0]) if len(faces) else Path(faces_path).parent.name
+        write_refine(refine_manifest(entries, stats, source=source, model_id=model_id), faces, refine_out, opts.link_mode)
         summary["facesets"] = len(entries)
     log.info("extend: %s", summary)
     return summary

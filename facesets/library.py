@@ -28,6 +28,7 @@ import pandas as pd
 
 from facesets import ledger as L
 from facesets.clustering import cluster_faces, nearest_identity, normalize
+from facesets.manifests import REFINE_MANIFEST, RefineManifest, read_refine_manifest, refine_manifest
 from facesets.thresholds import ModelThresholds
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class KnownIdentity:
     centroid: np.ndarray
 
 
-def identities_manifest(faces: pd.DataFrame, th: ModelThresholds, source: str) -> dict:
+def identities_manifest(faces: pd.DataFrame, th: ModelThresholds, source: str, model_id: str = "") -> RefineManifest:
     """``facesets identities``: one asserted identity per top-level sub-folder."""
     labels = faces["relpath"].map(folder_label) if len(faces) else pd.Series([], dtype=object)
     entries, dropped, loose = [], 0, int(labels.isna().sum())
@@ -133,18 +134,8 @@ def identities_manifest(faces: pd.DataFrame, th: ModelThresholds, source: str) -
     names = [e["name"] for e in entries]
     if len(set(names)) != len(names):
         raise ValueError(f"source {source!r}: two folders map to the same identity name: {sorted(names)}")
-    return {
-        "version": 1,
-        "source": source,
-        "kind": "identities",
-        "stats": {
-            "faces": len(faces),
-            "kept": sum(e["faces"] for e in entries),
-            "dropped": dropped,
-            "root_faces": loose,
-        },
-        "facesets": entries,
-    }
+    stats = {"faces": len(faces), "kept": sum(e["faces"] for e in entries), "dropped": dropped, "root_faces": loose}
+    return refine_manifest(entries, stats, source=source, model_id=model_id, kind="identities")
 
 
 def known_identities(
@@ -158,7 +149,7 @@ def known_identities(
             if c is not None and ident.kind != "era":
                 out.append(KnownIdentity(f"ledger:{ident.name}", c))
     for source, path in manifests:
-        m = json.loads(Path(path).read_text(encoding="utf-8"))
+        m = read_refine_manifest(Path(path) / REFINE_MANIFEST if Path(path).is_dir() else path)
         if m.get("model_id", model_id) != model_id:
             continue
         for e in m.get("facesets", []):
@@ -188,8 +179,11 @@ def route_manifest(
     th: ModelThresholds,
     refine_settings: Mapping[str, Any],
     source: str,
-) -> dict:
-    """``facesets route``: route to known identities, discover the rest with refine's pipeline."""
+    model_id: str = "",
+    cluster: Mapping[str, Any] | None = None,
+) -> RefineManifest:
+    """``facesets route``: route to known identities, discover the rest with refine's pipeline
+    (its cluster engine set by ``cluster``, the ``cluster`` config section, as for refine)."""
     from facesets.refine import quality_gate, refine_faces
 
     faces = faces.sort_values("face_key").reset_index(drop=True)
@@ -203,25 +197,22 @@ def route_manifest(
             sub = faces[rows]
             entries.append(entry(routed_name(known[j].ref), sub, _emb(sub), kind="routed", route_to=known[j].ref))
     rest = faces[target < 0].reset_index(drop=True)
-    discovered, stats = refine_faces(rest, quality, dict(refine_settings), th)
+    discovered, stats = refine_faces(rest, quality, dict(refine_settings), th, cluster=cluster)
     for e in discovered:
         e.setdefault("kind", "discovered")
         e.setdefault("marker", f"{source}.txt")
     routed_faces = int((target >= 0).sum())
-    return {
-        "version": 1,
-        "source": source,
-        "kind": "mixed",
-        "stats": {
-            "faces": len(faces),
-            "routed": routed_faces,
-            "routed_after_gates": int(sum(e["faces"] for e in entries)),
-            "routed_rejected_by_gate": {k: int(v) for k, v in dict(rejected).items()},
-            "known_identities": len(known),
-            "discovery": stats,
-        },
-        "facesets": entries + list(discovered),
+    route_stats = {
+        "faces": len(faces),
+        "routed": routed_faces,
+        "routed_after_gates": int(sum(e["faces"] for e in entries)),
+        "routed_rejected_by_gate": {k: int(v) for k, v in dict(rejected).items()},
+        "known_identities": len(known),
+        "discovery": stats,
     }
+    return refine_manifest(
+        entries + list(discovered), route_stats, source=source, model_id=model_id, kind="mixed", settings=refine_settings
+    )
 
 
 def dry_run_report(manifest: Mapping[str, Any]) -> str:

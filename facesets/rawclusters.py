@@ -7,7 +7,9 @@ written):
 * ``_singletons/``: faces alone in their cluster,
 * ``_noface/``: photos without a face,
 * ``manifest.json``: for every face its key, path, aliases, bbox and cluster; the clusters;
-  no-face photos; unreadable photos with their reason; the threshold, method and model.
+  no-face photos; unreadable photos with their reason; photos that vanished since embed
+  (``vanished``: reported by name and skipped, never a dangling link); the threshold, method
+  and model (facesets/manifests.py, ``RawClusterManifest``).
 
 A photo appears in the folder of each of its faces' clusters, once per path: the canonical
 path and every alias are materialised (hardlink, symlink or copy per ``link_mode``; a hardlink
@@ -30,9 +32,11 @@ import numpy as np
 import pandas as pd
 
 from facesets import schema
-from facesets.atomic import staged_dir, write_json
-from facesets.clustering import EXACT_MAX, cluster_faces
+from facesets.atomic import staged_dir
+from facesets.clustering import cluster_faces
 from facesets.embed import sidecar_paths
+from facesets.manifests import RAW_MANIFEST, VERSION, RawClusterManifest, write_manifest
+from facesets.tables import one_model, read_faces
 
 log = logging.getLogger(__name__)
 LINK_MODES = ("hardlink", "symlink", "copy")
@@ -58,8 +62,28 @@ def safe_name(path: str) -> str:
     return flat
 
 
+class PhotoVanished(FileNotFoundError):
+    """The photo was there at embed time and is gone now (moved or deleted)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(errno.ENOENT, "photo vanished since embed", path)
+        self.path = path
+
+
 def materialize(src: str, dest: Path, mode: str) -> str:
-    """Place ``src`` at ``dest``; returns the mode actually used."""
+    """Place ``src`` at ``dest``; returns the mode actually used. PhotoVanished when ``src`` is gone
+    (checked first, so symlink mode never leaves a dangling link)."""
+    if not os.path.exists(src):
+        raise PhotoVanished(src)
+    try:
+        return _materialize(src, dest, mode)
+    except FileNotFoundError:
+        if not os.path.exists(src):  # gone between the check and the link
+            raise PhotoVanished(src) from None
+        raise
+
+
+def _materialize(src: str, dest: Path, mode: str) -> str:
     if mode == "symlink":
         os.symlink(os.path.abspath(src), dest)
         return mode
@@ -76,11 +100,13 @@ def materialize(src: str, dest: Path, mode: str) -> str:
 
 @dataclass(frozen=True)
 class ClusterOptions:
+    """The ``cluster`` config section (defaults there); ``threshold`` resolved from the model profile."""
+
     threshold: float
-    link_mode: str = "hardlink"
-    method: str = "auto"
-    exact_max: int = EXACT_MAX
-    knn: int = 32
+    link_mode: str
+    method: str
+    exact_max: int
+    knn: int
 
 
 def cluster_table(faces: pd.DataFrame, opts: ClusterOptions) -> pd.DataFrame:
@@ -130,34 +156,44 @@ def link_name(row, path: str) -> str:
     return safe_name(f"{row.source}/{rel if rel is not None else path}")
 
 
-def write_clusters(faces: pd.DataFrame, images: pd.DataFrame, out: Path, opts: ClusterOptions, model_id: str) -> dict:
+def write_clusters(
+    faces: pd.DataFrame, images: pd.DataFrame, out: Path, opts: ClusterOptions, model_id: str
+) -> RawClusterManifest:
     """Write the cluster folders and manifest to ``out`` (swapped in atomically)."""
     used: dict[str, int] = {}
     placed: set[tuple[str, str]] = set()
+    vanished: set[str] = set()
+
+    def place(row, folder: Path, p: str) -> None:
+        try:
+            folder.mkdir(exist_ok=True)
+            mode = materialize(p, folder / link_name(row, p), opts.link_mode)
+        except PhotoVanished:
+            if p not in vanished:
+                log.warning("cluster: %s: photo vanished since embed; skipped (run embed again to forget it)", p)
+            vanished.add(p)
+            return
+        used[mode] = used.get(mode, 0) + 1
+
     with staged_dir(out) as tmp:
         for row in faces.itertuples(index=False):
-            folder = tmp / row.cluster
-            folder.mkdir(exist_ok=True)
             for p in _paths(row):
                 if (row.cluster, p) in placed:
                     continue  # a photo with two faces in _singletons is placed once
                 placed.add((row.cluster, p))
-                mode = materialize(p, folder / link_name(row, p), opts.link_mode)
-                used[mode] = used.get(mode, 0) + 1
+                place(row, tmp / row.cluster, p)
         noface = images[images["status"] == "noface"]
-        if len(noface):
-            (tmp / "_noface").mkdir()
-            for row in noface.itertuples(index=False):
-                for p in _paths(row):
-                    materialize(p, tmp / "_noface" / link_name(row, p), opts.link_mode)
+        for row in noface.itertuples(index=False):
+            for p in _paths(row):
+                place(row, tmp / "_noface", p)
         clusters = (
             faces.groupby("cluster", sort=False)
             .agg(size=("face_key", "size"), photos=("sha256", "nunique"))
             .reset_index()
             .sort_values("cluster")
         )
-        manifest = {
-            "version": 1,
+        manifest: RawClusterManifest = {
+            "version": VERSION,
             "model_id": model_id,
             "threshold": opts.threshold,
             "method": opts.method,
@@ -183,18 +219,16 @@ def write_clusters(faces: pd.DataFrame, images: pd.DataFrame, out: Path, opts: C
                 {"path": r.path, "error": r.error}
                 for r in images[images["status"] == "error"].sort_values("path").itertuples(index=False)
             ],
+            "vanished": sorted(vanished),
         }
-        write_json(tmp / "manifest.json", manifest)
+        write_manifest(tmp / RAW_MANIFEST, manifest)
     return manifest
 
 
-def run_cluster(cache: Path, out: Path, opts: ClusterOptions) -> dict:
-    """``facesets cluster CACHE OUT``: read a face table and its image records, write clusters."""
-    faces = schema.read_table(cache)
-    images_path, _ = sidecar_paths(Path(cache))
+def run_cluster(faces_path: Path, out: Path, opts: ClusterOptions) -> RawClusterManifest:
+    """``facesets cluster FACES OUT``: read a face table and its image records, write clusters."""
+    faces = read_faces(faces_path)
+    images_path, _ = sidecar_paths(Path(faces_path))
     images = schema.read_table(images_path) if images_path.exists() else pd.DataFrame(columns=schema.IMAGES.names)
-    model_ids = sorted(set(faces["model_id"])) if len(faces) else []
-    if len(model_ids) > 1:
-        raise ValueError(f"{cache}: faces from several models ({', '.join(model_ids)}) cannot be clustered together")
-    clustered = cluster_table(faces, opts)
-    return write_clusters(clustered, images, out, opts, model_ids[0] if model_ids else "")
+    model_id = one_model(faces, str(faces_path), "clustered")
+    return write_clusters(cluster_table(faces, opts), images, out, opts, model_id)

@@ -24,7 +24,6 @@ clusters) and ``refine_manifest.json`` (docs/architecture.md, contract 3).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,42 +31,39 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from facesets import schema, thresholds
-from facesets.atomic import staged_dir, write_json
+from facesets import thresholds
+from facesets.atomic import staged_dir
 from facesets.clustering import canonical_labels, centroid_merge, centroids, cluster_faces, reject_outliers
-from facesets.rawclusters import link_name, materialize
+from facesets.manifests import REFINE_MANIFEST, refine_manifest, write_manifest
+from facesets.options import section
+from facesets.rawclusters import PhotoVanished, link_name, materialize
+from facesets.tables import one_model, read_faces, read_quality
 from facesets.thresholds import ModelThresholds
 
 log = logging.getLogger(__name__)
+load_quality = read_quality  # export.py imports these names from here (facesets/tables.py holds them)
 
 GATES = ("min_short", "min_blur", "min_det_score")
-QUALITY_COLUMNS = ("face_key", "face_short", "blur", "det_score")
-MANIFEST = "refine_manifest.json"
 
 
 @dataclass(frozen=True)
 class RefineOptions:
+    """The ``refine`` section (distances resolved from the model profile) and the cluster engine's
+    ``method``/``exact_max``/``knn`` from the ``cluster`` section; every default is the schema's."""
+
     cluster_threshold: float
     merge_threshold: float
     outlier_threshold: float
-    outlier_min_size: int = 4
-    min_short: float = 90.0
-    min_blur: float = 40.0
-    min_det_score: float = 0.6
-    min_faces: int = 15
-    link_mode: str = "hardlink"
-    method: str = "auto"
-    exact_max: int = 20_000
-    knn: int = 32
-
-
-def section_defaults(settings: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``refine`` section with schema defaults filled and validated (a partial dict is fine)."""
-    from facesets.config import load_schema, validate
-
-    return validate(dict(settings or {}), load_schema("config")["properties"]["refine"], "refine settings")
+    outlier_min_size: int
+    min_short: float
+    min_blur: float
+    min_det_score: float
+    min_faces: int
+    link_mode: str
+    method: str
+    exact_max: int
+    knn: int
 
 
 def resolve_options(
@@ -77,8 +73,8 @@ def resolve_options(
 
     ``cluster`` (the ``cluster`` section) supplies the engine's method/exact_max/knn.
     """
-    s = section_defaults(settings)
-    cluster = cluster or {}
+    s = section("refine", settings, "refine settings")
+    engine = section("cluster", {k: v for k, v in (cluster or {}).items() if k in ("method", "exact_max", "knn")})
 
     def pick(key: str, default: float) -> float:
         return float(s[key]) if s[key] is not None else default
@@ -93,9 +89,9 @@ def resolve_options(
         min_det_score=float(s["min_det_score"]),
         min_faces=int(s["min_faces"]),
         link_mode=s["link_mode"],
-        method=cluster.get("method", "auto"),
-        exact_max=int(cluster.get("exact_max", 20_000)),
-        knn=int(cluster.get("knn", 32)),
+        method=engine["method"],
+        exact_max=int(engine["exact_max"]),
+        knn=int(engine["knn"]),
     )
 
 
@@ -105,20 +101,6 @@ def resolve_options(
 def face_short(faces: pd.DataFrame) -> np.ndarray:
     """Short edge of each face box (original pixels)."""
     return np.minimum(faces["x2"] - faces["x1"], faces["y2"] - faces["y1"]).to_numpy(np.float64)
-
-
-def load_quality(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """The enrich stage's quality table, indexed by face_key (contract 1)."""
-    from facesets.enrich import load_quality as read_quality
-
-    try:
-        q = read_quality(path).reset_index()
-    except (OSError, pa.ArrowException) as exc:
-        raise ValueError(f"{path}: cannot read the quality table from `facesets enrich`: {exc}") from None
-    missing = [c for c in QUALITY_COLUMNS if c not in q.columns]
-    if missing:
-        raise ValueError(f"{path}: not a quality table (missing columns: {', '.join(missing)})")
-    return q.drop_duplicates("face_key").set_index("face_key")
 
 
 def align_quality(faces: pd.DataFrame, quality: pd.DataFrame | None, where: str = "quality table") -> pd.DataFrame:
@@ -314,13 +296,6 @@ def refine_faces(
 # --------------------------------------------------------------------------- output
 
 
-def read_faces(cache: str | os.PathLike[str]) -> pd.DataFrame:
-    try:
-        return schema.read_table(cache)
-    except (OSError, pa.ArrowException) as exc:
-        raise ValueError(f"{cache}: cannot read the face table from `facesets embed`: {exc}") from None
-
-
 def write_refine(manifest: Mapping[str, Any], faces: pd.DataFrame, out: Path, link_mode: str) -> None:
     """One folder per ``manifest["facesets"][i]["name"]`` with its member photos linked (canonical
     path and aliases, named as in the raw clusters), plus ``refine_manifest.json``; swapped in
@@ -336,41 +311,41 @@ def write_refine(manifest: Mapping[str, Any], faces: pd.DataFrame, out: Path, li
                     raise ValueError(f"faceset {fs['name']}: member {m['face_key']} is not in the face table")
                 for p in [row.path, *_aliases(row)]:
                     dest = folder / link_name(row, p)
-                    if not dest.exists():
+                    if dest.exists():
+                        continue
+                    try:
                         materialize(p, dest, link_mode)
+                    except PhotoVanished:
+                        log.warning("%s: %s: photo vanished since embed; not linked", fs["name"], p)
             if fs.get("marker"):
                 line = f"source: {manifest.get('source', '')}; face set: {fs['name']}; kind: {fs.get('kind', 'discovered')}\n"
                 (folder / fs["marker"]).write_text(line, encoding="utf-8")
-        write_json(tmp / MANIFEST, dict(manifest))
+        write_manifest(tmp / REFINE_MANIFEST, manifest)
 
 
 def run_refine(
-    cache: Path,
+    faces_path: Path,
     out: Path,
     settings: Mapping[str, Any] | None,
     quality: Path | None = None,
     cluster: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``facesets refine CACHE OUT``: face table (+ quality table) -> face sets + manifest."""
-    faces = read_faces(cache)
-    model_ids = sorted(set(faces["model_id"])) if len(faces) else []
-    if len(model_ids) > 1:
-        raise ValueError(f"{cache}: faces from several models ({', '.join(model_ids)}) cannot be refined together")
-    model_id = model_ids[0] if model_ids else ""
+    """``facesets refine FACES OUT``: face table (+ quality table) -> face sets + manifest."""
+    faces = read_faces(faces_path)
+    model_id = one_model(faces, str(faces_path), "refined")
     th = thresholds.for_model(model_id) if model_id else thresholds.ARCFACE
     if quality is None:
         log.warning("refine: no quality table given; the min_blur gate is skipped")
-    q = load_quality(quality) if quality is not None else None
+    q = read_quality(quality) if quality is not None else None
     entries, stats = refine_faces(faces, q, settings, th, cluster=cluster)
     opts = resolve_options(settings, th, cluster)
-    manifest = {
-        "version": 1,
-        "source": str(faces["source"].iloc[0]) if len(faces) else Path(cache).parent.name,
-        "model_id": model_id,
-        "settings": {**asdict(opts), "thresholds_profile": th.name, "quality": str(quality) if quality else None},
-        "stats": stats,
-        "facesets": entries,
-    }
+    manifest = refine_manifest(
+        entries,
+        stats,
+        source=str(faces["source"].iloc[0]) if len(faces) else Path(faces_path).parent.name,
+        model_id=model_id,
+        settings={**asdict(opts), "thresholds_profile": th.name, "quality": str(quality) if quality else None},
+    )
     write_refine(manifest, faces, out, opts.link_mode)
     log.info(
         "refine: %d faces, %d clusters -> %d after merge -> %d face sets; rejected %s",

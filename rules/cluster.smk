@@ -6,7 +6,7 @@ rule cluster:
     output:
         directory(f"{OUTPUT}/raw/{{source}}"),
     params:
-        settings=lambda w: json.dumps(src(w).settings["cluster"], sort_keys=True),
+        settings=section_json("cluster"),
     log:
         f"{WORK}/logs/cluster/{{source}}.log",
     conda:

@@ -172,3 +172,56 @@ def all_exports():
 def all_eras():
     """The era splits of config eras.identities (rules/era.smk): {output}/eras/<identity>/."""
     return expand(f"{OUTPUT}/eras/{{identity}}", identity=config["eras"]["identities"])
+
+
+# ---------------------------------------------------------------- param helpers (one set for all rules)
+# Settings travel as one JSON object per config section (`--<section>-settings`); keys that
+# change how fast a step runs but not what it produces (`workers`) are left out, so changing
+# them reruns nothing, and come back as the job's threads.
+
+
+def section_json(section, drop=("workers",)):
+    """Param function: the source's `section` as JSON, minus the how-fast keys."""
+    return lambda w: json.dumps({k: v for k, v in src(w).settings[section].items() if k not in drop}, sort_keys=True)
+
+
+def section_threads(section):
+    """Threads of a job: the source's `<section>.workers`, or all cores when 0."""
+    return lambda w: src(w).settings[section]["workers"] or workflow.cores
+
+
+def export_args(settings):
+    """export-swap's settings flags, for rule export and era_split (`era-split --export`) alike.
+
+    `settings`: a source's effective settings or the global config (backend, embed, export).
+    """
+    import shlex
+
+    backend = settings["backend"]
+    export = {k: v for k, v in settings["export"].items() if k != "workers"}
+    redetect = {backend: settings["embed"][backend]} if backend == "insightface" else {}
+    parts = ["--backend", backend, "--export-settings", json.dumps(export, sort_keys=True)]
+    parts += ["--embed-settings", json.dumps(redetect, sort_keys=True), "--model-dir", str(WF.model_dir)]
+    parts += ["--crop-cache", f"{WORK}/cache/crops"]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def era_seed_spec(identity):
+    """The `--centroid-from` of the split of `identity` (config eras.centroid_from, else the ledger)."""
+    base = config["eras"].get("centroid_from") or f"{OUTPUT}/facesets_swap_ready/ledger.json"
+    return f"{base}#{identity}"
+
+
+def era_settings():
+    """The `eras` section as era_split's settings param, minus the keys that choose *what* is split."""
+    return json.dumps({k: v for k, v in config["eras"].items() if k not in ("identities", "centroid_from")}, sort_keys=True)
+
+
+def era_export_args():
+    """`--export` and export-swap's flags for era_split, or "" when eras.export is off."""
+    if not config["eras"]["export"]:
+        return ""
+    import shlex
+
+    dups = " ".join(shlex.quote(f"{WORK}/sources/{s}/duplicates.json") for s in source_names())
+    return f"--export {export_args(config)} --duplicates {dups}"

@@ -7,9 +7,9 @@ rule dedup:
     output:
         duplicates=f"{WORK}/sources/{{source}}/duplicates.json",
     params:
-        settings=lambda w: json.dumps({k: v for k, v in src(w).settings["dedup"].items() if k != "workers"}, sort_keys=True),
+        settings=section_json("dedup"),
         cache=f"{WORK}/cache/dedup",
-    threads: lambda w: src(w).settings["dedup"]["workers"] or workflow.cores
+    threads: section_threads("dedup")
     log:
         f"{WORK}/logs/dedup/{{source}}.log",
     conda:

@@ -7,10 +7,10 @@ rule enrich:
     output:
         quality=f"{WORK}/sources/{{source}}/quality.parquet",
     params:
-        settings=lambda w: json.dumps({k: v for k, v in src(w).settings["enrich"].items() if k != "workers"}, sort_keys=True),
+        settings=section_json("enrich"),
         embed=lambda w: json.dumps({"insightface": src(w).settings["embed"]["insightface"]}, sort_keys=True),
         cache=f"{WORK}/cache/enrich",
-    threads: lambda w: src(w).settings["enrich"]["workers"] or workflow.cores
+    threads: section_threads("enrich")
     log:
         f"{WORK}/logs/enrich/{{source}}.log",
     conda:

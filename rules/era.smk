@@ -5,7 +5,7 @@
 # The curated centroid is read from the identity ledger when the job runs (a param, not an
 # input: manifest-merge rewrites the ledger and folds the eras back in); the digest of the
 # identity's ledger entry is a param, so a changed identity reruns its split.
-from facesets.era import seed_digest, workflow_export_args, workflow_seed_spec, workflow_settings  # noqa: E402
+from facesets.era import seed_digest  # noqa: E402
 
 
 rule era_split:
@@ -20,10 +20,10 @@ rule era_split:
     wildcard_constraints:
         identity=r"[^/]+",
     params:
-        seed=lambda w: workflow_seed_spec(config["eras"], OUTPUT, w.identity),
-        seed_digest=lambda w: seed_digest(workflow_seed_spec(config["eras"], OUTPUT, w.identity)),
-        settings=workflow_settings(config["eras"]),
-        export=workflow_export_args(config, source_names(), WORK, str(WF.model_dir)),
+        seed=lambda w: era_seed_spec(w.identity),
+        seed_digest=lambda w: seed_digest(era_seed_spec(w.identity)),
+        settings=era_settings(),
+        export=era_export_args(),
         exif_cache=f"{WORK}/cache/era/exif_years",
     log:
         f"{WORK}/logs/era/{{identity}}.log",

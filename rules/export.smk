@@ -12,18 +12,9 @@ rule export:
     output:
         directory(f"{OUTPUT}/export/{{source}}"),
     params:
-        settings=lambda w: json.dumps(
-            {k: v for k, v in src(w).settings["export"].items() if k != "workers"}, sort_keys=True
-        ),
+        export=lambda w: export_args(src(w).settings),
         candidates=lambda w: "--candidates" if src(w).settings["export"]["candidates"] else "--no-candidates",
-        backend=lambda w: src(w).settings["backend"],
-        redetect=lambda w: json.dumps(
-            {b: src(w).settings["embed"][b] for b in ["insightface"] if src(w).settings["backend"] == b},
-            sort_keys=True,
-        ),
-        model_dir=str(WF.model_dir),
-        crop_cache=f"{WORK}/cache/crops",
-    threads: lambda w: src(w).settings["export"]["workers"] or workflow.cores
+    threads: section_threads("export")
     log:
         f"{WORK}/logs/export/{{source}}.log",
     conda:
@@ -32,6 +23,4 @@ rule export:
         "facesets export-swap {input.faces:q} {input.refine:q}/refine_manifest.json {output:q}"
         " --raw-manifest {input.raw:q}/manifest.json {params.candidates}"
         " --quality {input.quality:q} --duplicates {input.duplicates:q}"
-        " --export-settings {params.settings:q} --workers {threads}"
-        " --backend {params.backend} --embed-settings {params.redetect:q}"
-        " --model-dir {params.model_dir:q} --crop-cache {params.crop_cache:q} 2> {log:q}"
+        " {params.export} --workers {threads} 2> {log:q}"

@@ -36,7 +36,8 @@ rule route:
         known=lambda w: " ".join(f"--known {n}={OUTPUT}/refine/{n}" for n in earlier_sources(w)),
         # Read when it exists, not an input: manifest-merge writes it after this rule ran.
         ledger=f"{OUTPUT}/facesets_swap_ready/ledger.json",
-        settings=lambda w: json.dumps(src(w).settings["refine"], sort_keys=True),
+        settings=section_json("refine"),
+        cluster=section_json("cluster"),  # the engine (method, exact_max, knn) of discovery, as refine's
         link_mode=lambda w: src(w).settings["refine"]["link_mode"],
     log:
         f"{WORK}/logs/route/{{source}}.log",
@@ -45,4 +46,5 @@ rule route:
     shell:
         "facesets route {input.faces:q} {output:q} --source {wildcards.source} --quality {input.quality:q}"
         " {params.known} --ledger {params.ledger:q} --refine-settings {params.settings:q}"
+        " --cluster-settings {params.cluster:q}"
         " --link-mode {params.link_mode} 2> {log:q}"

@@ -10,8 +10,8 @@ rule refine:
     wildcard_constraints:
         source=kind_constraint("folder"),  # other kinds: rules/library.smk (identities, route)
     params:
-        settings=lambda w: json.dumps(src(w).settings["refine"], sort_keys=True),
-        cluster=lambda w: json.dumps(src(w).settings["cluster"], sort_keys=True),
+        settings=section_json("refine"),
+        cluster=section_json("cluster"),
     log:
         f"{WORK}/logs/refine/{{source}}.log",
     conda:

@@ -10,13 +10,14 @@ from facesets.cli.common import log, section_settings
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from facesets import schema, thresholds
+    from facesets import thresholds
     from facesets.rawclusters import ClusterOptions, run_cluster
+    from facesets.tables import read_faces
 
     settings = section_settings(args, "cluster", ("threshold", "link_mode", "method", "exact_max", "knn"))
     threshold = settings["threshold"]
     if threshold is None:
-        ids = schema.read_table(args.cache, ["model_id"])["model_id"].unique()
+        ids = read_faces(args.faces, ["model_id"])["model_id"].unique()
         threshold = thresholds.for_model(ids[0]).cluster if len(ids) else 0.55
         log.info("cluster threshold %.3f from the model profile of %s", threshold, ids[0] if len(ids) else "-")
     opts = ClusterOptions(
@@ -26,7 +27,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         exact_max=settings["exact_max"],
         knn=settings["knn"],
     )
-    manifest = run_cluster(Path(args.cache), Path(args.out), opts)
+    manifest = run_cluster(Path(args.faces), Path(args.out), opts)
     multi = [c for c in manifest["clusters"] if c["name"] != "_singletons"]
     print(
         json.dumps(
@@ -35,6 +36,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
                 "clusters": len(multi),
                 "singletons": sum(c["faces"] for c in manifest["clusters"] if c["name"] == "_singletons"),
                 "noface": len(manifest["noface"]),
+                "vanished": len(manifest["vanished"]),
                 "threshold": threshold,
             }
         )
@@ -46,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     k = sub.add_parser(
         "cluster", help="raw clusters of a face table: person_NNN/, _singletons/, _noface/, manifest.json"
     )
-    k.add_argument("cache", help="face table (.parquet) from `facesets embed`")
+    k.add_argument("faces", help="face table (.parquet) from `facesets embed`")
     k.add_argument("out", help="output folder (replaced atomically)")
     k.add_argument("--threshold", type=float, help="average-linkage cut (default: the model's profile)")
     k.add_argument("--link-mode", choices=["hardlink", "symlink", "copy"])

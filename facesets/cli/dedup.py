@@ -27,11 +27,11 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         min_cell_ncc=s["min_cell_ncc"],
         workers=s["workers"] or (os.cpu_count() or 1),
     )
-    cache = Path(args.cache)
+    faces_path = Path(args.faces)
     stats = run_dedup(
-        cache,
-        Path(args.out) if args.out else beside(args.cache, "duplicates.json"),
-        Path(args.cache_dir) if args.cache_dir else cache.parent / "cache" / "dedup",
+        faces_path,
+        Path(args.out) if args.out else beside(args.faces, "duplicates.json"),
+        Path(args.cache_dir) if args.cache_dir else faces_path.parent / "cache" / "dedup",
         opts,
         listing_path=Path(args.listing) if args.listing else None,
     )
@@ -41,12 +41,12 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     dd = sub.add_parser("dedup", help="byte-identical and visual near-duplicate photo groups (-> duplicates.json)")
-    dd.add_argument("cache", help="face table (.parquet); the listing beside it is read too")
-    dd.add_argument("--out", help="duplicates.json to write (default: beside CACHE)")
+    dd.add_argument("faces", help="face table (.parquet); the listing beside it is read too")
+    dd.add_argument("--out", help="duplicates.json to write (default: beside FACES)")
     dd.add_argument(
-        "--listing", help="listing (.parquet) from `facesets stage` (default: listing.parquet beside CACHE)"
+        "--listing", help="listing (.parquet) from `facesets stage` (default: listing.parquet beside FACES)"
     )
-    dd.add_argument("--cache-dir", help="hash cache root (default: <CACHE dir>/cache/dedup)")
+    dd.add_argument("--cache-dir", help="hash cache root (default: <FACES dir>/cache/dedup)")
     dd.add_argument("--configfile", action="append", help="take the dedup settings from this config.yaml")
     dd.add_argument("--dedup-settings", help="JSON object for the `dedup` config section")
     dd.add_argument("--workers", type=int)

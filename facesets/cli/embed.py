@@ -36,7 +36,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     settings = embed_settings(args)
     src = Path(args.src)
-    cache = Path(args.cache)
+    faces_path = Path(args.faces)
     if src.is_dir():
         stage_defaults = load_schema("config")["properties"]["stage"]["properties"]
         facts = scan(
@@ -61,9 +61,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
         readable = listing[listing["error"].isna() & listing["sha256"].notna()]
         locate = path_locator(args.path_map, readable["path"])
-    model_dir = Path(args.model_dir or cache.parent / "models")
+    model_dir = Path(args.model_dir or faces_path.parent / "models")
     analyzer = create_analyzer(args.backend, settings, providers=args.providers.split(","), model_dir=model_dir)
-    store = FaceStore(Path(args.store or cache.parent / "store"), analyzer.model_id)
+    store = FaceStore(Path(args.store or faces_path.parent / "store"), analyzer.model_id)
     workers = settings["workers"] or (os.cpu_count() or 1)
     opts = EmbedOptions(
         det_size=settings["det_size"],
@@ -74,7 +74,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     )
     echo = _console(args.progress_fd)
     stats = embed_listing(
-        listing, analyzer, store, opts, cache, plain_progress=args.plain_progress, locate=locate, progress_echo=echo
+        listing, analyzer, store, opts, faces_path, plain_progress=args.plain_progress, locate=locate, progress_echo=echo
     )
     print(json.dumps(stats.__dict__))
     return 0
@@ -90,7 +90,10 @@ def cmd_merge_shards(args: argparse.Namespace) -> int:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from facesets.summary import format_summary, summarize
+    from facesets.tables import read_faces
 
+    for p in args.tables:  # a missing or unreadable table: one line naming it, exit 2
+        read_faces(p, ["face_key"])
     print(format_summary(summarize([Path(p) for p in args.tables])))
     return 0
 
@@ -98,10 +101,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("embed", help="detect and embed faces (-> face table); resumable")
     e.add_argument("src", help="photo folder, or a listing .parquet from `facesets stage`")
-    e.add_argument("cache", help="output face table (.parquet); image records and stats go beside it")
-    e.add_argument("--store", help="face store root (default: <cache dir>/store)")
+    e.add_argument("faces", help="output face table (.parquet); image records and stats go beside it")
+    e.add_argument("--store", help="face store root (default: <FACES dir>/store)")
     e.add_argument("--backend", choices=["opencv", "insightface"], default="opencv")
-    e.add_argument("--model-dir", help="opencv model cache (default: <cache dir>/models)")
+    e.add_argument("--model-dir", help="opencv model cache (default: <FACES dir>/models)")
     e.add_argument(
         "--providers",
         default=os.environ.get("FACESETS_PROVIDERS", "CPUExecutionProvider"),

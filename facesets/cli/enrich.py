@@ -21,11 +21,11 @@ def cmd_enrich(args: argparse.Namespace) -> int:
         landmarks=settings["landmarks"] and not args.no_landmarks,
         max_pixels=embed["max_pixels"],
     )
-    cache = Path(args.cache)
+    faces_path = Path(args.faces)
     stats = enrich_table(
-        cache,
-        Path(args.out) if args.out else beside(args.cache, "quality.parquet"),
-        Path(args.cache_dir) if args.cache_dir else cache.parent / "cache" / "enrich",
+        faces_path,
+        Path(args.out) if args.out else beside(args.faces, "quality.parquet"),
+        Path(args.cache_dir) if args.cache_dir else faces_path.parent / "cache" / "enrich",
         opts,
         images_path=Path(args.images) if args.images else None,
         insightface_settings=embed["insightface"],
@@ -39,10 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     en = sub.add_parser(
         "enrich", help="per-face quality: face_short, blur, pose, symmetry, EXIF year (-> quality.parquet)"
     )
-    en.add_argument("cache", help="face table (.parquet) from `facesets embed`")
-    en.add_argument("--out", help="quality table to write (default: quality.parquet beside CACHE)")
-    en.add_argument("--images", help="image records (capture times; default: the ones beside CACHE)")
-    en.add_argument("--cache-dir", help="enrich cache root (default: <CACHE dir>/cache/enrich)")
+    en.add_argument("faces", help="face table (.parquet) from `facesets embed`")
+    en.add_argument("--out", help="quality table to write (default: quality.parquet beside FACES)")
+    en.add_argument("--images", help="image records (capture times; default: the ones beside FACES)")
+    en.add_argument("--cache-dir", help="enrich cache root (default: <FACES dir>/cache/enrich)")
     en.add_argument("--configfile", action="append", help="take the enrich/embed settings from this config.yaml")
     en.add_argument("--enrich-settings", help="JSON object for the `enrich` config section")
     en.add_argument("--embed-settings", help="JSON object for the `embed` section (insightface pack for landmarks)")

@@ -7,11 +7,16 @@ import json
 import os
 from pathlib import Path
 
-from facesets.cli.common import section_settings
+from facesets.cli.common import log, section_settings
 
 
 def cmd_export_swap(args: argparse.Namespace) -> int:
     from facesets.export import backend_of, make_detector, run_export
+    from facesets.manifests import read_raw_manifest, read_refine_manifest
+
+    read_refine_manifest(args.refine_manifest)  # a raw-cluster manifest here fails by name, not with 0 sets
+    if args.raw_manifest:
+        read_raw_manifest(args.raw_manifest)
 
     flags = (
         "outlier_tight",
@@ -26,20 +31,26 @@ def cmd_export_swap(args: argparse.Namespace) -> int:
     )
     settings = section_settings(args, "export", flags)
     embed = json.loads(args.embed_settings) if args.embed_settings else {}
-    model_dir = Path(args.model_dir) if args.model_dir else Path(args.cache).parent / "models"
+    model_dir = Path(args.model_dir) if args.model_dir else Path(args.faces).parent / "models"
 
     def detector(opts, model_id):
         backend = args.backend or backend_of(model_id)
         return make_detector(backend, embed, opts, model_dir, args.providers.split(","))
 
+    candidates = args.candidates
+    if candidates and not args.raw_manifest:
+        raise ValueError("export-swap: --candidates needs --raw-manifest (the raw clusters' manifest.json)")
+    if candidates is None and not args.raw_manifest:
+        candidates = False  # the default (export.candidates) applies when there are raw clusters to look in
+        log.info("export-swap: no --raw-manifest, so no near-singleton candidates")
     manifest = run_export(
-        Path(args.cache),
+        Path(args.faces),
         Path(args.refine_manifest),
         Path(args.out),
         settings,
         detector,
         raw_manifest=Path(args.raw_manifest) if args.raw_manifest else None,
-        candidates=args.candidates,
+        candidates=candidates,
         quality=Path(args.quality) if args.quality else None,
         duplicates=Path(args.duplicates) if args.duplicates else None,
         crop_cache=Path(args.crop_cache) if args.crop_cache else None,
@@ -50,11 +61,19 @@ def cmd_export_swap(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     x = sub.add_parser("export-swap", help="single-face crops and roop .fsz bundles per face set (+ manifests)")
-    x.add_argument("cache", help="face table (.parquet) from `facesets embed`")
-    x.add_argument("refine_manifest", help="refine_manifest.json from `facesets refine`")
+    x.add_argument("faces", help="face table (.parquet) from `facesets embed`")
+    x.add_argument(
+        "refine_manifest", help="refine_manifest.json from `facesets refine`, `identities` or `route` (not the raw clusters')"
+    )
     x.add_argument("out", help="output folder (replaced atomically)")
-    x.add_argument("--raw-manifest", help="manifest.json of the raw clusters (for --candidates)")
-    x.add_argument("--candidates", action=argparse.BooleanOptionalAction, default=None, help="rescue near singletons")
+    x.add_argument("--raw-manifest", help="manifest.json of the raw clusters from `facesets cluster` (for candidates)")
+    x.add_argument(
+        "--candidates",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="rescue singletons of the raw clusters near a set into _candidates/ (needs --raw-manifest); "
+        "default: the config's export.candidates (on) when --raw-manifest is given, else off",
+    )
     x.add_argument("--quality", help="quality table from `facesets enrich`")
     x.add_argument("--duplicates", help="duplicates.json from `facesets dedup`")
     x.add_argument("--crop-cache", help="folder of finished crops to reuse between runs")
@@ -62,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--export-settings", help="JSON object for the `export` config section")
     x.add_argument("--embed-settings", help="JSON `embed` settings for the re-detection check (backend options)")
     x.add_argument("--backend", choices=["opencv", "insightface"], help="re-detection backend (default: the model's)")
-    x.add_argument("--model-dir", help="opencv model cache (default: <cache dir>/models)")
+    x.add_argument("--model-dir", help="opencv model cache (default: <FACES dir>/models)")
     x.add_argument(
         "--providers",
         default=os.environ.get("FACESETS_PROVIDERS", "CPUExecutionProvider"),

@@ -12,13 +12,12 @@ from facesets.cli.common import pairs, section_settings
 log = logging.getLogger("facesets")
 
 
-def _model_thresholds(faces):
+def _model_thresholds(faces, where: str):
+    from facesets.tables import one_model
     from facesets.thresholds import for_model
 
-    ids = sorted(set(faces["model_id"])) if len(faces) else []
-    if len(ids) > 1:
-        raise ValueError(f"faces from several models ({', '.join(ids)}) cannot be compared")
-    return (ids[0] if ids else ""), (for_model(ids[0]) if ids else None)
+    model_id = one_model(faces, where)
+    return model_id, (for_model(model_id) if model_id else None)
 
 
 def _write_refine_dir(manifest: dict, faces, out: Path, link_mode: str) -> None:
@@ -28,43 +27,45 @@ def _write_refine_dir(manifest: dict, faces, out: Path, link_mode: str) -> None:
 
 
 def cmd_identities(args: argparse.Namespace) -> int:
-    from facesets import schema
     from facesets.library import identities_manifest
+    from facesets.tables import read_faces
 
-    faces = schema.read_table(args.cache)
-    model_id, th = _model_thresholds(faces)
-    source = args.source or (faces["source"].iloc[0] if len(faces) else Path(args.cache).parent.name)
-    manifest = identities_manifest(faces, th, source) if th else identities_manifest(faces.iloc[:0], None, source)
-    manifest["model_id"] = model_id
+    faces = read_faces(args.faces)
+    model_id, th = _model_thresholds(faces, args.faces)
+    source = args.source or (faces["source"].iloc[0] if len(faces) else Path(args.faces).parent.name)
+    if th:
+        manifest = identities_manifest(faces, th, source, model_id)
+    else:
+        manifest = identities_manifest(faces.iloc[:0], None, source, model_id)
     _write_refine_dir(manifest, faces, Path(args.out), args.link_mode)
     print(json.dumps({"identities": len(manifest["facesets"]), **manifest["stats"]}))
     return 0
 
 
 def cmd_route(args: argparse.Namespace) -> int:
-    from facesets import schema
     from facesets.library import dry_run_report, known_identities, route_manifest
+    from facesets.manifests import REFINE_MANIFEST, refine_manifest
+    from facesets.tables import read_faces
 
-    faces = schema.read_table(args.cache)
-    model_id, th = _model_thresholds(faces)
+    faces = read_faces(args.faces)
+    model_id, th = _model_thresholds(faces, args.faces)
     quality = None
     if args.quality:
-        from facesets.enrich import load_quality
+        from facesets.tables import read_quality
 
-        quality = load_quality(Path(args.quality))
+        quality = read_quality(Path(args.quality))
     settings = section_settings(args, "refine", ())
+    cluster = section_settings(args, "cluster", ())  # the engine's method/exact_max/knn, as refine's
     known = known_identities(
         Path(args.ledger) if args.ledger else None,
-        [(s, p / "refine_manifest.json" if p.is_dir() else p) for s, p in pairs(args.known, "--known")],
+        [(s, p / REFINE_MANIFEST if p.is_dir() else p) for s, p in pairs(args.known, "--known")],
         model_id,
     )
-    source = args.source or (faces["source"].iloc[0] if len(faces) else Path(args.cache).parent.name)
+    source = args.source or (faces["source"].iloc[0] if len(faces) else Path(args.faces).parent.name)
     if th is None:
-        manifest = {"version": 1, "source": source, "kind": "mixed", "stats": {"faces": 0}, "facesets": []}
+        manifest = refine_manifest([], {"faces": 0}, source=source, model_id=model_id, kind="mixed", settings=settings)
     else:
-        manifest = route_manifest(faces, quality, known, th, settings, source)
-    manifest["model_id"] = model_id
-    manifest["settings"] = settings
+        manifest = route_manifest(faces, quality, known, th, settings, source, model_id, cluster)
     if args.dry_run:
         print(dry_run_report(manifest))
         return 0
@@ -76,7 +77,8 @@ def cmd_route(args: argparse.Namespace) -> int:
 def cmd_extend(args: argparse.Namespace) -> int:
     from facesets.extend import run_extend
 
-    summary = run_extend(Path(args.cache), Path(args.raw), Path(args.refine_out) if args.refine_out else None)
+    refine = section_settings(args, "refine", ("min_faces",)) if args.refine_out else None
+    summary = run_extend(Path(args.faces), Path(args.raw), Path(args.refine_out) if args.refine_out else None, refine)
     print(json.dumps(summary))
     return 0
 
@@ -95,14 +97,12 @@ def library_table(manifest: dict) -> str:
 
 
 def cmd_library(args: argparse.Namespace) -> int:
-    path = Path(args.swap_ready) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: no library manifest yet ({exc}); run the workflow first") from None
+    from facesets.manifests import read_library_manifest
+
+    manifest = read_library_manifest(args.swap_ready)
     print(library_table(manifest))
     print(
-        f"{len(manifest.get('facesets', []))} identities, {len(manifest.get('thin_eras', []))} thin eras in {path.parent}"
+        f"{len(manifest.get('facesets', []))} identities, {len(manifest.get('thin_eras', []))} thin eras in {args.swap_ready}"
     )
     return 0
 
@@ -113,14 +113,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     lib.set_defaults(func=cmd_library)
 
     i = sub.add_parser("identities", help="hand-sorted identities: one sub-folder per person (-> refine folder)")
-    i.add_argument("cache", help="face table (.parquet) of an `identities` source")
+    i.add_argument("faces", help="face table (.parquet) of an `identities` source")
     i.add_argument("out", help="output folder: <label>/ + refine_manifest.json")
     i.add_argument("--source", help="source name (default: from the face table)")
     i.add_argument("--link-mode", choices=["hardlink", "symlink", "copy"], default="hardlink")
     i.set_defaults(func=cmd_identities)
 
     r = sub.add_parser("route", help="mixed bucket: route faces to known identities, discover the rest")
-    r.add_argument("cache", help="face table (.parquet) of a `mixed` source")
+    r.add_argument("faces", help="face table (.parquet) of a `mixed` source")
     r.add_argument("out", help="output folder: routed + discovered sets + refine_manifest.json")
     r.add_argument("--quality", help="quality table from `facesets enrich`")
     r.add_argument("--known", action="append", help="SOURCE=REFINE_DIR of a source listed earlier (repeatable)")
@@ -129,11 +129,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--link-mode", choices=["hardlink", "symlink", "copy"], default="hardlink")
     r.add_argument("--configfile", action="append", help="take the refine settings from this config.yaml")
     r.add_argument("--refine-settings", help="JSON object for the `refine` config section")
+    r.add_argument("--cluster-settings", help="JSON object for the `cluster` config section (engine method)")
     r.add_argument("--dry-run", action="store_true", help="report routed counts and survivors; write nothing")
     r.set_defaults(func=cmd_route)
 
     x = sub.add_parser("extend", help="add a new face table to existing raw clusters without moving members")
-    x.add_argument("cache", help="face table (.parquet) with the new photos (old faces may be included)")
+    x.add_argument(
+        "faces",
+        help="face table (.parquet) with the old faces AND the new photos (required: every face of RAW must be in it)",
+    )
     x.add_argument("raw", help="raw cluster folder from `facesets cluster` (updated in place)")
     x.add_argument("--refine-out", help="also refine the extended clusters into this folder")
+    x.add_argument("--configfile", action="append", help="take the refine settings (--refine-out) from this config.yaml")
+    x.add_argument("--refine-settings", help="JSON object for the `refine` config section (--refine-out)")
+    x.add_argument("--min-faces", type=int, help="unique photos a face set needs (--refine-out)")
     x.set_defaults(func=cmd_extend)

@@ -26,14 +26,14 @@ def cmd_refine(args: argparse.Namespace) -> int:
     settings = section_settings(args, "refine", flags)
     cluster = section_settings(args, "cluster", ())  # the engine's method/exact_max/knn
     quality = Path(args.quality) if args.quality else None
-    manifest = run_refine(Path(args.cache), Path(args.out), settings, quality, cluster)
+    manifest = run_refine(Path(args.faces), Path(args.out), settings, quality, cluster)
     print(json.dumps(manifest["stats"]))
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("refine", help="face sets from a face table: faceset_NNN/ + refine_manifest.json")
-    r.add_argument("cache", help="face table (.parquet) from `facesets embed`")
+    r.add_argument("faces", help="face table (.parquet) from `facesets embed`")
     r.add_argument("out", help="output folder (replaced atomically)")
     r.add_argument("--quality", help="quality table from `facesets enrich` (without it: no blur gate)")
     r.add_argument("--configfile", action="append", help="take the refine/cluster settings from this config.yaml")

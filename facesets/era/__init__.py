@@ -27,7 +27,7 @@ era with export-swap's code (facesets.export).
 
 One concept per module: ``settings`` (EraSettings), ``seed`` (the curated identity's centroid),
 ``readers`` (face/quality tables, EXIF years), ``algorithm`` (the split), ``export`` (the export
-adapter), ``workflow`` (what rules/era.smk passes); the command line is facesets/cli/era.py.
+adapter); rules/common.smk builds what rules/era.smk passes; the command line is facesets/cli/era.py.
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ from facesets.era.readers import (
 )
 from facesets.era.seed import Seed, load_seed, seed_digest
 from facesets.era.settings import EraSettings, resolve_settings
-from facesets.era.workflow import workflow_export_args, workflow_seed_spec, workflow_settings
 
 __all__ = [
     "EXPORT_MANIFEST",
@@ -92,8 +91,5 @@ __all__ = [
     "seed_digest",
     "split_identity",
     "split_subclusters",
-    "workflow_export_args",
-    "workflow_seed_spec",
-    "workflow_settings",
     "year_counts",
 ]

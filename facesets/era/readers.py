@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from facesets import schema
 from facesets.segcache import SegmentCache
+from facesets.tables import one_model, read_face_tables, read_quality_tables
 
 log = logging.getLogger("facesets.era")
 
@@ -25,42 +25,15 @@ _FACE_COLUMNS = ("face_key", "sha256", "source", "path", "x1", "y1", "x2", "y2",
 
 
 def load_faces(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
-    """The face tables of the sources, one row per face key (a photo in two sources counts once).
-
-    Rows are sorted by face key; the first table listing a face key wins its path and source.
-    """
-    frames = []
-    for i, p in enumerate(paths):
-        if not Path(p).exists():
-            raise ValueError(f"{p}: face table not found")
-        df = schema.read_table(p, _FACE_COLUMNS)
-        df["_table"] = i
-        frames.append(df)
-    if not frames:
+    """The face tables of the sources, one row per face key (facesets.tables.read_face_tables)."""
+    if not paths:
         raise ValueError("era split: no face tables given (--faces)")
-    faces = pd.concat(frames, ignore_index=True)
-    faces = faces[faces["embedding"].notna()]
-    models = sorted(set(faces["model_id"].dropna()))
-    if len(models) > 1:
-        raise ValueError(f"face tables {', '.join(map(str, paths))}: faces of several models ({', '.join(models)})")
-    faces = faces.sort_values(["face_key", "_table", "path"], kind="stable")
-    faces = faces.drop_duplicates("face_key", keep="first").drop(columns="_table")
-    return faces.reset_index(drop=True)
+    return read_face_tables(paths, _FACE_COLUMNS)
 
 
 def load_quality(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame | None:
-    """Quality tables of enrich (``schema.QUALITY``), concatenated, indexed by face key; None if none."""
-    from facesets.enrich import load_quality as load_one
-
-    if not paths:
-        return None
-    frames = []
-    for p in paths:
-        if not Path(p).exists():
-            raise ValueError(f"{p}: quality table not found")
-        frames.append(load_one(p))
-    q = pd.concat(frames)
-    return q[~q.index.duplicated(keep="first")].sort_index()
+    """Quality tables of enrich, concatenated, indexed by face key; None if none."""
+    return read_quality_tables(paths)
 
 
 def read_exif_year(path: str | os.PathLike[str]) -> int | None:
@@ -151,7 +124,7 @@ def resolve_years(
 
 def model_of(faces: pd.DataFrame, where: Sequence[str]) -> str:
     """The embedding model of the face tables (``load_faces`` checked there is one)."""
-    models = sorted(set(faces["model_id"].dropna())) if len(faces) else []
-    if not models:
+    model = one_model(faces, where)
+    if not model:
         raise ValueError(f"face tables {', '.join(map(str, where))}: no faces, so no embedding model to split with")
-    return models[0]
+    return model

@@ -115,6 +115,7 @@ def test_known_identities_from_ledger_and_earlier_sources(tmp_path):
     refine.write_text(
         json.dumps(
             {
+                "version": 1,
                 "model_id": MODEL,
                 "facesets": [
                     {"name": "alice", "kind": "identities", "centroid": list(_vec(0, 0))},
@@ -124,7 +125,7 @@ def test_known_identities_from_ledger_and_earlier_sources(tmp_path):
         )
     )
     other = tmp_path / "other.json"
-    other.write_text(json.dumps({"model_id": "insightface-x", "facesets": [{"name": "a", "centroid": [1.0]}]}))
+    other.write_text(json.dumps({"version": 1, "model_id": "insightface-x", "facesets": [{"name": "a", "centroid": [1.0]}]}))
     known = known_identities(tmp_path / "ledger.json", [("sorted", refine), ("old", other)], MODEL)
     assert [k.ref for k in known] == ["ledger:faceset_001", "sorted/alice"]
     assert known_identities(tmp_path / "missing.json", [], MODEL) == []

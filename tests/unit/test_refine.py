@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from facesets import schema, thresholds
-from facesets.refine import MANIFEST, quality_gate, refine_faces, run_refine, write_refine
+from facesets.manifests import REFINE_MANIFEST as MANIFEST
+from facesets.refine import quality_gate, refine_faces, run_refine, write_refine
 from tests.conftest import VENV_BIN
 
 MODEL = "opencv-yunet-sface-testmodel"  # the SFace profile: cluster 0.52, merge 0.38, outlier 0.52
