@@ -326,6 +326,17 @@ def sidecar_paths(faces_out: Path) -> tuple[Path, Path]:
     return faces_out.with_name(stem + ".images.parquet"), faces_out.with_name(stem + ".stats.json")
 
 
+def _located(where: Callable[[str], str], aliases: Sequence[str] | None) -> list[str]:
+    """Aliases as this host opens them; one outside every --path-map is left out (never fatal)."""
+    out = []
+    for a in list(aliases) if aliases is not None else []:
+        try:
+            out.append(where(a))
+        except ValueError:
+            continue
+    return out
+
+
 def _progress_name(listing: pd.DataFrame, faces_out: Path) -> str:
     name = "embed"
     if len(listing):
@@ -358,7 +369,7 @@ def embed_listing(
     done = store.done()
     where = locate or (lambda p: p)
     todo = [
-        Todo(r.sha256, tuple(where(p) for p in [r.path, *(list(r.aliases) if r.aliases is not None else [])]))
+        Todo(r.sha256, (where(r.path), *_located(where, r.aliases)))
         for r in readable.itertuples(index=False)
         if r.sha256 not in done
     ]
