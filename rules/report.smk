@@ -72,15 +72,17 @@ rule run_stats:
         ),
         numbers=f"{OUTPUT}/report/run_stats.json",
     params:
-        sources=lambda w, input: " ".join(
-            f"--source name={n},faces={f},raw={r},duplicates={d},refine={m},export={e}"
-            for n, f, r, d, m, e in zip(
-                source_names(), input.faces, input.raw, input.duplicates, input.refine, input.exports
-            )
+        sources=lambda w, input: json.dumps(
+            [
+                {"name": n, "faces": f, "raw": r, "duplicates": d, "refine": m, "export": e}
+                for n, f, r, d, m, e in zip(
+                    source_names(), input.faces, input.raw, input.duplicates, input.refine, input.exports
+                )
+            ]
         ),
     log:
         f"{WORK}/logs/report/run_stats.log",
     conda:
         "../envs/facesets.yaml"
     shell:
-        "facesets run-stats {output.page:q} --json {output.numbers:q} {params.sources} 2> {log:q}"
+        "facesets run-stats {output.page:q} --json {output.numbers:q} --sources {params.sources:q} 2> {log:q}"

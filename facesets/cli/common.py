@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -57,3 +58,12 @@ def pairs(values: list[str] | None, what: str) -> list[tuple[str, Path]]:
             raise ValueError(f"{what} {v!r}: expected SOURCE=PATH")
         out.append((name, Path(path)))
     return out
+
+
+def providers_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str = "") -> None:
+    """``--providers``: ONNX Runtime providers, default from the environment (rules set FACESETS_PROVIDERS)."""
+    parser.add_argument(
+        "--providers",
+        default=os.environ.get("FACESETS_PROVIDERS", "CPUExecutionProvider"),
+        help=f"comma-separated ONNX Runtime providers{what} (env FACESETS_PROVIDERS)",
+    )

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from facesets.cli.common import log, section_settings
+from facesets.cli.common import log, providers_arg, section_settings
 from facesets.config import load_schema
 
 
@@ -105,11 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--store", help="face store root (default: <FACES dir>/store)")
     e.add_argument("--backend", choices=["opencv", "insightface"], default="opencv")
     e.add_argument("--model-dir", help="opencv model cache (default: <FACES dir>/models)")
-    e.add_argument(
-        "--providers",
-        default=os.environ.get("FACESETS_PROVIDERS", "CPUExecutionProvider"),
-        help="comma-separated ONNX Runtime providers (env FACESETS_PROVIDERS)",
-    )
+    providers_arg(e)
     e.add_argument("--configfile", action="append", help="take the embed settings from this config.yaml")
     e.add_argument("--embed-settings", help="JSON object for the `embed` config section (or b64:<base64 of it>)")
     e.add_argument("--source", help="source name when SRC is a folder")

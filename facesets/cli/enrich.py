@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from facesets.cli.common import beside, section_settings
+from facesets.cli.common import beside, providers_arg, section_settings
 
 
 def cmd_enrich(args: argparse.Namespace) -> int:
@@ -49,9 +49,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     en.add_argument("--workers", type=int)
     en.add_argument("--batch-faces", type=int)
     en.add_argument("--no-landmarks", action="store_true", help="skip the insightface pack's landmark models")
-    en.add_argument(
-        "--providers",
-        default=os.environ.get("FACESETS_PROVIDERS", "CPUExecutionProvider"),
-        help="comma-separated ONNX Runtime providers for the landmark models (env FACESETS_PROVIDERS)",
-    )
+    providers_arg(en, " for the landmark models")
     en.set_defaults(func=cmd_enrich)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from facesets.cli.common import section_settings
+from facesets.cli.common import providers_arg, section_settings
 from facesets.era import (
     EXPORT_MANIFEST,
     MANIFEST_VERSION,
@@ -205,9 +204,5 @@ def register(sub: argparse._SubParsersAction) -> None:
             "--backend", choices=["opencv", "insightface"], help="re-detection backend (default: the model's)"
         )
         x.add_argument("--model-dir", help="opencv model cache (default: the config's, else work/models)")
-        x.add_argument(
-            "--providers",
-            default=os.environ.get("FACESETS_PROVIDERS", "CPUExecutionProvider"),
-            help="comma-separated ONNX Runtime providers (env FACESETS_PROVIDERS)",
-        )
+        providers_arg(x)
         x.add_argument("--crop-cache", help="folder of finished crops to reuse between runs")

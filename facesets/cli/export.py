@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from facesets.cli.common import log, section_settings
+from facesets.cli.common import log, providers_arg, section_settings
 
 
 def cmd_export_swap(args: argparse.Namespace) -> int:
@@ -82,11 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--embed-settings", help="JSON `embed` settings for the re-detection check (backend options)")
     x.add_argument("--backend", choices=["opencv", "insightface"], help="re-detection backend (default: the model's)")
     x.add_argument("--model-dir", help="opencv model cache (default: <FACES dir>/models)")
-    x.add_argument(
-        "--providers",
-        default=os.environ.get("FACESETS_PROVIDERS", "CPUExecutionProvider"),
-        help="comma-separated ONNX Runtime providers (env FACESETS_PROVIDERS)",
-    )
+    providers_arg(x)
     x.add_argument("--outlier-tight", type=float, help="face-to-centroid gate (default: model profile)")
     x.add_argument("--min-face-short", type=float)
     x.add_argument("--pad-ratio", type=float)

@@ -39,9 +39,14 @@ def cmd_library_report(args: argparse.Namespace) -> int:
 def cmd_run_stats(args: argparse.Namespace) -> int:
     from facesets.report import SourceFiles, run_stats
 
-    stats = run_stats(
-        [SourceFiles.parse(x) for x in args.source or []], Path(args.out), Path(args.json) if args.json else None
-    )
+    try:
+        records = json.loads(args.sources or "[]")
+        sources = [
+            SourceFiles(name=r["name"], **{k: Path(v) for k, v in r.items() if k != "name" and v}) for r in records
+        ]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"run-stats --sources: expected a JSON list of {{name, faces, raw, ...}} objects ({exc})") from None
+    stats = run_stats(sources, Path(args.out), Path(args.json) if args.json else None)
     print(json.dumps({"sources": len(stats), "out": args.out}))
     return 0
 
@@ -68,9 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     rs = sub.add_parser("run-stats", help="an HTML page of run statistics per source (images ... rejections by gate)")
     rs.add_argument("out", help="output page (.html)")
     rs.add_argument(
-        "--source",
-        action="append",
-        help="name=N,faces=FACES,raw=RAW_DIR,duplicates=JSON,refine=REFINE_DIR,export=EXPORT_DIR (repeatable; keys optional but name)",
+        "--sources",
+        help='JSON list, one object per source: {"name": N, "faces": FACES, "raw": RAW_DIR, "duplicates": JSON, '
+        '"refine": REFINE_DIR, "export": EXPORT_DIR} (keys but name optional)',
     )
     rs.add_argument("--json", help="also write the numbers as JSON")
     rs.set_defaults(func=cmd_run_stats)
