@@ -238,7 +238,9 @@ def test_snakemake_all_over_mutants(demo_photos, model_dir, tmp_path):
             break
     assert len(bad) >= 8, dict(per_kind)
     cfg = write_workflow_config(tmp_path, photos, model_dir, name="fuzz")
-    proc = run_snakemake(["all", "--profile", str(REPO / "profiles" / "wsl"), "--configfile", str(cfg)], tmp_path)
+    proc = run_snakemake(
+        ["all", "--profile", str(REPO / "profiles" / "wsl"), "--configfile", str(cfg)], tmp_path, timeout=300
+    )
     assert proc.returncode == 0
     src = tmp_path / "work" / "sources" / "fuzz"
     images = schema.read_table(src / "faces.images.parquet")
