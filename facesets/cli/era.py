@@ -12,7 +12,6 @@ import pandas as pd
 
 from facesets.cli.common import providers_arg, section_settings
 from facesets.era import (
-    EXPORT_MANIFEST,
     MANIFEST_VERSION,
     EraSettings,
     Seed,
@@ -27,6 +26,7 @@ from facesets.era import (
     seed_digest,
     split_identity,
 )
+from facesets.manifests import ERAS_MANIFEST, EXPORT_MANIFEST, export_manifest
 
 log = logging.getLogger("facesets.era")
 
@@ -129,10 +129,10 @@ def _write_pending(args: argparse.Namespace) -> int:
     note = f"identity {identity!r} is not in the library yet: run the workflow again after manifest-merge"
     log.warning("era-split: %s", note)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "eras_manifest.json", {"version": MANIFEST_VERSION, "identity": identity, "model_id": model_id,
+    write_json(out / ERAS_MANIFEST, {"version": MANIFEST_VERSION, "identity": identity, "model_id": model_id,
                                             "pending": note, "eras": []})  # fmt: skip
     write_json(
-        out / EXPORT_MANIFEST, {"version": 1, "source": f"eras:{identity}", "model_id": model_id, "facesets": []}
+        out / EXPORT_MANIFEST, export_manifest(f"eras:{identity}", model_id)
     )
     print(json.dumps({"identity": identity, "eras": [], "pending": note}))
     return 0
@@ -149,7 +149,7 @@ def cmd_era_split(args: argparse.Namespace) -> int:
     cache.save()
     exp = _export_args(args, model_id) if args.export else None
     with staged_dir(out) as tmp:
-        write_json(tmp / "eras_manifest.json", manifest)
+        write_json(tmp / ERAS_MANIFEST, manifest)
         if exp is not None:
             export = export_eras(
                 manifest, args.faces, quality, exp["groups"], tmp, exp["settings"], exp["detector"],

@@ -48,7 +48,7 @@ from facesets.era.algorithm import (
     split_subclusters,
     year_counts,
 )
-from facesets.era.export import EXPORT_MANIFEST, THIN_MARKER, export_eras, member_faces
+from facesets.era.export import export_eras, member_faces
 from facesets.era.readers import (
     YEAR_CACHE_SCHEMA,
     YearCache,
@@ -60,6 +60,7 @@ from facesets.era.readers import (
 )
 from facesets.era.seed import Seed, load_seed, seed_digest
 from facesets.era.settings import EraSettings, resolve_settings
+from facesets.manifests import EXPORT_MANIFEST, THIN_MARKER
 
 __all__ = [
     "EXPORT_MANIFEST",

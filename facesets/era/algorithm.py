@@ -14,12 +14,13 @@ from facesets.clustering import centroids, cluster_faces, normalize
 from facesets.era.readers import YearCache, resolve_years
 from facesets.era.seed import Seed
 from facesets.era.settings import EraSettings
+from facesets.manifests import VERSION
 from facesets.refine import quality_gate
 
 log = logging.getLogger("facesets.era")
 
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = VERSION  # eras_manifest.json (facesets/manifests.py)
 
 
 HIST_EDGES = (*(round(0.05 * i, 2) for i in range(21)), 2.0)  # cosine distance bins; last: >= 1.0

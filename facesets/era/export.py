@@ -12,14 +12,13 @@ import pandas as pd
 
 from facesets import schema
 from facesets.era.readers import load_faces
+from facesets.manifests import ERAS_MANIFEST, THIN_MARKER
 
 log = logging.getLogger("facesets.era")
 
 
-EXPORT_MANIFEST = "manifest.json"
 
 
-THIN_MARKER = "THIN.txt"
 
 
 def member_faces(tables: Sequence[str | os.PathLike[str]], photos: set[str]) -> pd.DataFrame:
@@ -66,4 +65,4 @@ def export_eras(
                 Path(out_dir) / e["dir"] / THIN_MARKER,
                 f"{e['name']}: fewer than {manifest['settings']['min_era_faces']} faces in the era split\n",
             )
-    return {**exp, "source": source, "identity": manifest["identity"], "eras_manifest": "eras_manifest.json"}
+    return {**exp, "source": source, "identity": manifest["identity"], "eras_manifest": ERAS_MANIFEST}
