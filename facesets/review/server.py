@@ -120,7 +120,7 @@ def _conflicts(ledger: L.Ledger) -> list[dict[str, Any]]:
 def _eras_of(snap: Snapshot, ident: L.Identity) -> list[dict[str, Any]]:
     names = {
         ident.name,
-        *getattr(ident, "aliases", []),
+        *ident.aliases,
         *(i.name for i in snap.ledger.identities if i.number == ident.number),
     }
     out = []
@@ -166,9 +166,10 @@ def identities_page(snap: Snapshot, args: Mapping[str, list[str]]) -> dict[str, 
     rows = []
     for n in sorted(snap.view.identities):
         ident = snap.view.identities[n]
-        if q and not (
-            q in ident.name.lower() or q == str(n) or any(q in a.lower() for a in getattr(ident, "aliases", []))
-        ):
+        if q.startswith("#"):  # "#12": that number only
+            if q[1:] != str(n):
+                continue
+        elif q and not (q in ident.name.lower() or q == str(n) or any(q in a.lower() for a in ident.aliases)):
             continue
         if which == "hidden" and n not in snap.view.hidden:
             continue

@@ -116,7 +116,7 @@ class Page:
         """Search for the identity by number and open it."""
         box = self.el("#search")
         box.clear()
-        box.send_keys(str(number))
+        box.send_keys(f"#{number}")
         li = self.wait.until(
             EC.element_to_be_clickable((By.CSS_SELECTOR, f'#identity-list li[data-number="{number}"]'))
         )
@@ -223,7 +223,12 @@ def test_curate_through_the_page_then_run_the_workflow(library, server, browser,
     assert "1 change pending" in page.el("#pending-count").text
     assert [x["action"] for x in _decisions(tmp)] == ["name", "split", "reject", "accept"]
     run_snakemake(["--configfile", str(cfg), "--cores", "2", "all"], tmp)
-    assert c in {x["number"] for x in _manifest(tmp)["facesets"]}
+    names = {x["number"]: x["name"] for x in _manifest(tmp)["facesets"]}
+    assert c in names
+    page.open()
+    page.wait.until(EC.text_to_be_present_in_element((By.ID, "pending-count"), "All decisions applied"))
+    page.pick(c)
+    assert page.el("#d-name").text == names[c]
     page.shot(shots / "05_undone.png")
 
 

@@ -81,6 +81,7 @@
     $("decisions-summary").textContent = "All " + plural(s.decisions.length, "decision") + " in " + s.decisions_file;
     const n = s.pending.new.length + s.pending.undone.length + (s.pending.reordered ? 1 : 0);
     $("pending-count").textContent = n ? plural(n, "change") + " pending" : "All decisions applied";
+    $("pending-until").hidden = n === 0;
     $("pending").hidden = s.decisions.length === 0 && s.pending.undone.length === 0;
     $("conflicts").hidden = s.conflicts.length === 0;
     $("conflict-list").replaceChildren(...s.conflicts.map((c) => el("li", { text: c.message || JSON.stringify(c) })));
@@ -177,6 +178,7 @@
     try {
       const s = await post("/api/decisions", { decision });
       ui.selected.clear();
+      for (const id of ["merge-from", "split-name"]) $(id).value = "";
       say(done + " \u2014 written to " + s.decisions_file + "; pending until the next snakemake --profile wsl all", false);
       renderState(s);
       if (decision.action === "merge" && ui.state) ui.current = decision.identity;
