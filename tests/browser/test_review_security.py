@@ -201,3 +201,34 @@ def test_a_decision_about_nothing_is_refused(served):
     status, body, _ = request(server, "POST", "/api/decisions", {"Content-Type": "application/json"}, b"{not json")
     assert status == 400 and "not JSON" in error(body)
     assert not decisions.exists()
+
+
+def test_the_command_prints_a_tokened_loopback_url(served, tmp_path):
+    import subprocess
+    import sys
+    import urllib.request
+
+    server, decisions, _ = served
+    lib = server.library.root
+    exe = Path(sys.executable).with_name("facesets")
+    proc = subprocess.Popen(
+        [str(exe), "review", "--library", str(lib), "--decisions", str(decisions)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("facesets review: http://127.0.0.1:") and "?token=" in line
+        url = line.split()[-1]
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.status == 200 and b"face-sets review" in r.read()
+        bare = url.split("?")[0] + "api/state"
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(bare, timeout=10)
+        assert exc.value.code == 403
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    missing = subprocess.run([str(exe), "review", "--library", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "no ledger.json" in missing.stderr
