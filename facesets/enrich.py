@@ -40,6 +40,7 @@ from facesets import imageio, pose, schema
 from facesets.analyzers.base import ARCFACE_TEMPLATE, settings_id, umeyama
 from facesets.embed import sidecar_paths
 from facesets.segcache import SegmentCache
+from facesets.tables import one_model, read_faces, read_quality
 
 log = logging.getLogger(__name__)
 
@@ -278,17 +279,10 @@ def enrich_table(
 ) -> EnrichStats:
     """``facesets enrich CACHE``: the quality table of a face table, computing only missing faces."""
     t0 = time.monotonic()
-    if not Path(faces_path).is_file():
-        raise ValueError(f"{faces_path}: face table not found (run `facesets embed` first)")
-    faces = schema.read_table(faces_path)
+    faces = read_faces(faces_path)
     images_path = images_path or sidecar_paths(Path(faces_path))[0]
     images = schema.read_table(images_path, ["sha256", "capture_time"]) if Path(images_path).exists() else None
-    model_ids = sorted(set(faces["model_id"])) if len(faces) else []
-    if len(model_ids) > 1:
-        raise ValueError(
-            f"{faces_path}: faces from several models ({', '.join(model_ids)}); enrich one model at a time"
-        )
-    model_id = model_ids[0] if model_ids else "none"
+    model_id = one_model(faces, str(faces_path), "enriched") or "none"
     landmarker = make_landmarker(model_id, opts, insightface_settings, providers)
     cache = SegmentCache(
         Path(cache_dir) / model_id / method_id(opts, landmarker is not None), schema.QUALITY, "face_key"
@@ -334,5 +328,5 @@ def enrich_table(
 
 
 def load_quality(path: str | Path) -> pd.DataFrame:
-    """A quality table indexed by ``face_key`` (for refine, export and the report)."""
-    return schema.read_table(path).set_index("face_key")
+    """A quality table indexed by ``face_key`` (facesets.tables.read_quality, the one reader)."""
+    return read_quality(path)

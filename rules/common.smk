@@ -180,9 +180,17 @@ def all_eras():
 # them reruns nothing, and come back as the job's threads.
 
 
-def section_json(section, drop=("workers",)):
+SPEED_KEYS = ("workers",)
+
+
+def what_not_how_fast(values):
+    """A config section minus the keys that change how fast, not what (SPEED_KEYS)."""
+    return {k: v for k, v in values.items() if k not in SPEED_KEYS}
+
+
+def section_json(section):
     """Param function: the source's `section` as JSON, minus the how-fast keys."""
-    return lambda w: json.dumps({k: v for k, v in src(w).settings[section].items() if k not in drop}, sort_keys=True)
+    return lambda w: json.dumps(what_not_how_fast(src(w).settings[section]), sort_keys=True)
 
 
 def section_threads(section):
@@ -198,7 +206,7 @@ def export_args(settings):
     import shlex
 
     backend = settings["backend"]
-    export = {k: v for k, v in settings["export"].items() if k != "workers"}
+    export = what_not_how_fast(settings["export"])
     redetect = {backend: settings["embed"][backend]} if backend == "insightface" else {}
     parts = ["--backend", backend, "--export-settings", json.dumps(export, sort_keys=True)]
     parts += ["--embed-settings", json.dumps(redetect, sort_keys=True), "--model-dir", str(WF.model_dir)]
