@@ -68,8 +68,10 @@ class OpenCVAnalyzer:
         det_thresh: float = 0.6,
         nms_thresh: float = 0.3,
         providers: Sequence[str] = ("CPUExecutionProvider",),
+        flip_tta: bool = False,
     ) -> None:
         self.det_size = det_size
+        self.flip_tta = flip_tta
         self.det_thresh = det_thresh
         self.nms_thresh = nms_thresh
         self.detector = ort_session(str(detector_path), providers)
@@ -80,18 +82,18 @@ class OpenCVAnalyzer:
             raise ValueError(
                 f"embed.det_size={det_size}: the YuNet model's input is fixed at {self._fixed}x{self._fixed}"
             )
-        self.model_id = settings_id(
-            "opencv-yunet-sface",
-            {
-                "det": YUNET.sha256,
-                "rec": SFACE.sha256,
-                "det_size": det_size,
-                "det_thresh": det_thresh,
-                "nms": nms_thresh,
-                "align": "umeyama-arcface112-v1",
-                "rec_graph": "fast_graph-v1",  # PRelu rewritten, see onnx_graph.py
-            },
-        )
+        settings = {
+            "det": YUNET.sha256,
+            "rec": SFACE.sha256,
+            "det_size": det_size,
+            "det_thresh": det_thresh,
+            "nms": nms_thresh,
+            "align": "umeyama-arcface112-v1",
+            "rec_graph": "fast_graph-v1",  # PRelu rewritten, see onnx_graph.py
+        }
+        if flip_tta:  # only when on, so the store key of the default settings stays what it was
+            settings["tta"] = "flip-mean-v1"
+        self.model_id = settings_id("opencv-yunet-sface", settings)
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         size = self._fixed or self.det_size
@@ -120,5 +122,14 @@ class OpenCVAnalyzer:
         blob = crops.transpose(0, 3, 1, 2).astype(np.float32)
         inp = self.recognizer.get_inputs()[0].name
         # One face per run: the model's batch dimension is fixed at 1.
-        feats = [self.recognizer.run(None, {inp: blob[i : i + 1]})[0][0] for i in range(len(blob))]
+        feats = [self._features(inp, blob[i : i + 1]) for i in range(len(blob))]
         return l2_normalize(np.stack(feats))
+
+    def _features(self, inp: str, one: np.ndarray) -> np.ndarray:
+        """SFace features of one aligned face; with ``flip_tta`` the mean of the unit features of
+        the face and its mirror image (the ArcFace template is left-right symmetric)."""
+        f = self.recognizer.run(None, {inp: one})[0][0]
+        if not self.flip_tta:
+            return f
+        m = self.recognizer.run(None, {inp: np.ascontiguousarray(one[:, :, :, ::-1])})[0][0]
+        return l2_normalize(f) + l2_normalize(m)

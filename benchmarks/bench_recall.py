@@ -1,0 +1,253 @@
+"""Benchmark: identity recall at equal precision, seed's average-linkage HAC vs graph-context clustering.
+
+* Real set: the labelled photos ``benchmarks/build_real_set.py`` writes (dev-faces + per-person
+  folders of public repositories; ``OUT/labels.csv``, ``OUT/PROVENANCE.json``). Embedded here
+  with the opencv backend (YuNet + SFace, ``facesets.embed.analyze_image``, default embed
+  settings), once plain and once with flip test-time augmentation (``flip_tta``), cached in
+  ``OUT/embeddings-*.npz`` keyed by the analyzer's model id. Labelling: ``left_to_right`` photos
+  (dev-faces) give the labels of their faces in order (when the detector finds more faces than
+  labels, the largest ones are the labelled ones); ``largest`` photos (per-person folders) label
+  their largest face; every other face is clustered too but is an unknown person and is left
+  out of the scores (it may be another labelled person: LFW crops show neighbours). ``bystander``
+  faces are each a person of their own.
+* Synthetic: ``facesets.synth.synthetic_faces(n)`` (the cluster benchmark's generator).
+* Methods: ``hac`` = ``facesets.clustering.cluster_faces`` (the seed's average linkage + cannot-link),
+  and the methods of ``facesets.graph_cluster``. Each is swept over thresholds; the table shows
+  pairwise precision/recall per threshold and, per method, the best recall at pairwise precision
+  >= 0.99 / 0.98 / 0.95 (and its threshold). Cannot-link violations are counted for every run.
+
+    python benchmarks/bench_recall.py --real work/bench/real_set [--synth 5000,20000] [--write docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+from facesets import graph_cluster  # noqa: E402
+from facesets.clustering import cluster_faces, group_ids  # noqa: E402
+from facesets.metrics import bcubed_prf, pairwise_prf  # noqa: E402
+from facesets.synth import synthetic_faces  # noqa: E402
+
+SECTION = "## identity recall: seed's HAC vs graph-context clustering (issue 17)"
+PRECISIONS = (0.99, 0.98, 0.95)
+
+
+# --------------------------------------------------------------------------- the real set
+
+
+def embed_real_set(root: Path, model_dir: Path, flip_tta: bool) -> dict:
+    """Embed every photo of the set (cached per model id). Returns arrays + embed seconds."""
+    from facesets.analyzers.opencv import OpenCVAnalyzer
+    from facesets.embed import EmbedOptions, analyze_image
+    from facesets.models import ensure_opencv_models
+
+    paths = ensure_opencv_models(model_dir)
+    an = OpenCVAnalyzer(
+        paths["face_detection_yunet_2023mar.onnx"], paths["face_recognition_sface_2021dec.onnx"], flip_tta=flip_tta
+    )
+    cache = root / f"embeddings-{an.model_id}.npz"
+    if cache.exists():
+        z = np.load(cache, allow_pickle=False)
+        return {k: z[k] for k in z.files}
+    with open(root / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    keys, emb, photo, label, area, x_mid = [], [], [], [], [], []
+    t0 = time.perf_counter()
+    for r in rows:
+        p = str(root / r["path"])
+        sha = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+        faces, _ = analyze_image(p, sha, an, EmbedOptions())
+        faces = [f for f in faces if f["status"] == "faces"]
+        labels = face_labels(r["rule"], r["labels"].split(";"), faces, sha)
+        for f, lab in zip(faces, labels, strict=True):
+            keys.append(f"{sha[:16]}-{f['face_index']}")
+            emb.append(f["embedding"])
+            photo.append(sha)
+            label.append(lab)
+            area.append((f["x2"] - f["x1"]) * (f["y2"] - f["y1"]))
+            x_mid.append(r["path"])
+    seconds = time.perf_counter() - t0
+    out = {
+        "keys": np.array(keys),
+        "emb": np.stack(emb).astype(np.float32),
+        "photo": np.array(photo),
+        "label": np.array(label),
+        "path": np.array(x_mid),
+        "seconds": np.array(seconds),
+        "photos": np.array(len(rows)),
+        "model_id": np.array(an.model_id),
+    }
+    np.savez(cache.with_suffix(".tmp.npz"), **out)
+    os.replace(cache.with_suffix(".tmp.npz"), cache)
+    return out
+
+
+def face_labels(rule: str, labels: list[str], faces: list[dict], sha: str) -> list[str]:
+    """Ground-truth label per detected face ('' = unknown, left out of the scores)."""
+    n = len(faces)
+    out = [""] * n
+    size = np.array([(f["x2"] - f["x1"]) * (f["y2"] - f["y1"]) for f in faces])
+    if rule == "largest":
+        if n:
+            out[int(np.argmax(size))] = labels[0]
+        return out
+    # left_to_right: faces are numbered left to right already; the labelled ones are the largest
+    chosen = sorted(np.argsort(-size, kind="stable")[: len(labels)].tolist())
+    for i, lab in zip(chosen, labels, strict=False):
+        out[i] = f"bystander:{sha[:12]}:{i}" if lab == "bystander" else lab
+    return out
+
+
+# --------------------------------------------------------------------------- methods and scores
+
+
+def run_method(name: str, keys, emb, photo, threshold: float) -> np.ndarray:
+    if name == "hac":
+        return cluster_faces(keys, emb, photo, threshold).labels
+    return graph_cluster.cluster(keys, emb, photo, threshold, method=name).labels
+
+
+def violations(photo: np.ndarray, labels: np.ndarray) -> int:
+    g = group_ids(photo)
+    pairs = np.unique(np.stack([g, labels], 1), axis=0, return_counts=True)[1]
+    return int((pairs * (pairs - 1) // 2).sum())
+
+
+def sweep(name: str, keys, emb, photo, truth, scored, thresholds) -> list[dict]:
+    out = []
+    for t in thresholds:
+        t0 = time.perf_counter()
+        lab = run_method(name, keys, emb, photo, float(t))
+        sec = time.perf_counter() - t0
+        p, r, f = pairwise_prf(truth[scored], lab[scored])
+        _bp, _br, bf = bcubed_prf(truth[scored], lab[scored])
+        out.append({"t": float(t), "P": p, "R": r, "F": f, "bF": bf, "viol": violations(photo, lab), "s": sec})
+    return out
+
+
+def best_at(curve: list[dict], pmin: float) -> dict | None:
+    ok = [c for c in curve if c["P"] >= pmin]
+    return max(ok, key=lambda c: (c["R"], -c["t"])) if ok else None
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> str:
+    m = report.machine_facts()
+    load = os.getloadavg()[0]
+    return (
+        f"{m['cpu']}; {m['cores']}; {m['ram']} RAM; {m['os']}; Python {m['python']}; "
+        f"load average {load:.1f} at the start (machine shared with other engineers: timings are noisy)"
+    )
+
+
+def curve_table(curves: dict[str, list[dict]]) -> list[str]:
+    names = list(curves)
+    lines = ["| threshold | " + " | ".join(f"{n} P / R" for n in names) + " |"]
+    lines.append("|---:|" + "---:|" * len(names))
+    for i, c in enumerate(curves[names[0]]):
+        cells = [f"{curves[n][i]['P']:.3f} / {curves[n][i]['R']:.3f}" for n in names]
+        lines.append(f"| {c['t']:.2f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def summary_table(curves: dict[str, list[dict]], base: str = "hac") -> list[str]:
+    lines = [
+        "| method | "
+        + " | ".join(f"R @ P≥{p} (t)" for p in PRECISIONS)
+        + " | ratio to HAC @0.99 | cannot-link violations |"
+    ]
+    lines.append("|---|" + "---:|" * (len(PRECISIONS) + 2))
+    b = best_at(curves[base], PRECISIONS[0])
+    for n, c in curves.items():
+        cells = []
+        for p in PRECISIONS:
+            x = best_at(c, p)
+            cells.append(f"{x['R']:.3f} ({x['t']:.2f})" if x else "–")
+        x = best_at(c, PRECISIONS[0])
+        ratio = f"{x['R'] / b['R']:.2f}x" if x and b and b["R"] > 0 else "–"
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {ratio} | {sum(r['viol'] for r in c)} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--real", default=str(REPO / "work" / "bench" / "real_set"))
+    ap.add_argument("--model-dir", default=str(REPO / "work" / "models"))
+    ap.add_argument("--methods", default="hac," + ",".join(graph_cluster.METHODS))
+    ap.add_argument("--thresholds", default="0.30:0.80:0.02", help="start:stop:step (stop inclusive)")
+    ap.add_argument("--synth", default="5000,20000,27000", help="synthetic sizes, comma-separated ('' = none)")
+    ap.add_argument("--sweep-max", type=int, default=5000, help="above this size only the operating cut runs")
+    ap.add_argument("--synth-threshold", type=float, default=0.55, help="operating cut for the BCubed comparison")
+    ap.add_argument("--write", help="rewrite this section of this markdown file (e.g. docs/benchmarks.md)")
+    args = ap.parse_args(argv)
+    a, b, s = (float(v) for v in args.thresholds.split(":"))
+    thresholds = np.round(np.arange(a, b + s / 2, s), 4)
+    methods = [m for m in args.methods.split(",") if m]
+    out = [SECTION, "", f"- Date: {report.utc_date()}", f"- Machine: {machine()}"]
+    out.append(f"- Command: `python benchmarks/bench_recall.py {' '.join(argv if argv is not None else sys.argv[1:])}`")
+    out.append(
+        "- Pairwise precision/recall over labelled faces; every face (labelled or not) is clustered; "
+        "cannot-link = two faces of one photo in one cluster (summed over the sweep)."
+    )
+    root = Path(args.real)
+    if (root / "labels.csv").exists():
+        for flip in (False, True):
+            d = embed_real_set(root, Path(args.model_dir), flip)
+            truth, scored = d["label"], d["label"] != ""
+            n_id = len(set(truth[scored].tolist()))
+            tag = "flip TTA" if flip else "plain"
+            out += [
+                "",
+                f"### real set, SFace {tag} (model id `{d['model_id']}`)",
+                "",
+                f"{int(d['photos'])} photos, {len(truth)} faces ({int(scored.sum())} labelled, {n_id} identities); "
+                f"embedded in {float(d['seconds']):.1f} s.",
+                "",
+            ]
+            curves = {m: sweep(m, d["keys"], d["emb"], d["photo"], truth, scored, thresholds) for m in methods}
+            out += [*summary_table(curves), "", *curve_table(curves)]
+            print(f"real set ({tag}) done", flush=True)
+    else:
+        out += ["", f"(real set not found at {root}: run benchmarks/build_real_set.py)"]
+    op = float(args.synth_threshold)
+    for n in [int(v) for v in args.synth.split(",") if v]:
+        f = synthetic_faces(n, seed=0)
+        truth, scored = f.identity, np.ones(len(f), bool)
+        out += ["", f"### synthetic, n = {n:,}".replace(",", " "), ""]
+        if n <= args.sweep_max:
+            curves = {m: sweep(m, f.keys, f.emb, f.photo, truth, scored, thresholds) for m in methods}
+            out += [*summary_table(curves), ""]
+        out.append(f"At the operating cut {op} (the synthetic generator's threshold):")
+        out.append("")
+        for m in methods:
+            r = sweep(m, f.keys, f.emb, f.photo, truth, scored, [op])[0]
+            out.append(
+                f"- {m}: BCubed F {r['bF']:.4f}, pairwise P {r['P']:.4f} R {r['R']:.4f}, "
+                f"cannot-link violations {r['viol']}, {r['s']:.2f} s"
+            )
+        if n <= args.sweep_max:
+            out += ["", *curve_table(curves)]
+        print(f"synthetic n={n} done", flush=True)
+    text = "\n".join(out) + "\n"
+    if args.write:
+        report.write_section(Path(args.write), SECTION, text, "# Benchmarks\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

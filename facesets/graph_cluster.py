@@ -1,0 +1,160 @@
+"""Graph-context clustering: average linkage on neighbourhood-smoothed embeddings, then a
+singleton attach pass. Cannot-link (two faces of one photo never share a cluster) is hard in
+every step; output is deterministic and independent of row order.
+
+Why: a face's own embedding is a noisy sample of its identity. Its nearest neighbours on the
+kNN graph that are close enough to be the same person carry context the face lacks (a profile
+view next to a frontal one of the same session). Averaging them in (database-side
+augmentation / query expansion on the kNN graph) pulls the faces of one identity together
+and leaves strangers, who are not close neighbours, apart. Then the seed's average linkage
+(``facesets.clustering.cluster_faces``, exact up to ``exact_max``, kNN graph + repair above)
+runs unchanged on the smoothed vectors. Finally a face left alone may join the cluster of its
+nearest neighbour when that neighbour is close and clearly closer than any other cluster
+(ratio test): the strong-evidence second pass.
+
+Methods (``cluster.method``; ``facesets.clustering.cluster_faces`` handles the HAC values):
+
+* ``context``: smoothing + HAC + attach pass (this module's ``cluster``).
+* ``context-noattach``: smoothing + HAC only (for the benchmark; shows what each part buys).
+
+The benchmark (benchmarks/bench_recall.py, docs/benchmarks.md) compares them with the seed's HAC
+at equal pairwise precision on real labelled photos and on the synthetic library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from facesets.clustering import EXACT_MAX, ClusterResult, canonical_labels, cluster_faces, group_ids, normalize
+
+METHODS = ("context", "context-noattach")
+HAC_METHODS = ("auto", "exact", "graph", "dense")
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    k: int = 5  # neighbours per face that may be averaged in
+    radius: float = 0.55  # only neighbours closer than this (cosine distance) are averaged in
+    attach_offset: float = 0.06  # singleton attach: nearest neighbour closer than threshold + this
+    attach_ratio: float = 0.9  # ... and at most this fraction of the distance to any other cluster
+    attach_k: int = 10  # neighbours searched per singleton
+
+
+def knn(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, indices) of each query's ``k`` nearest rows of ``x`` (inner product).
+
+    Exact (faiss flat) up to 60 000 rows, IVF above (same rule as ``clustering.knn_graph``);
+    ties are broken by index so results do not depend on faiss' internal order.
+    """
+    import faiss
+
+    x = np.ascontiguousarray(x, np.float32)
+    q = np.ascontiguousarray(q, np.float32)
+    n, d = x.shape
+    k = min(k, n)
+    if n <= 60_000:
+        index = faiss.IndexFlatIP(d)
+    else:
+        nlist = int(4 * np.sqrt(n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = 10
+        rng = np.random.default_rng(0)
+        index.train(x[rng.choice(n, size=min(n, nlist * 40), replace=False)])
+        index.nprobe = 16
+    index.add(x)
+    sim, idx = index.search(q, k)
+    sim = np.where(idx >= 0, sim, -np.inf)
+    order = np.lexsort((idx, -sim), axis=1)  # by similarity desc, then index asc
+    return np.take_along_axis(sim, order, 1), np.take_along_axis(idx, order, 1)
+
+
+def smooth_embeddings(x: np.ndarray, g: np.ndarray, k: int, radius: float) -> np.ndarray:
+    """Each face plus its up-to-``k`` nearest faces closer than ``radius``, similarity-weighted,
+    re-normalised. Faces of the face's own photo are never averaged in (cannot-link)."""
+    n = len(x)
+    if n <= 1 or k <= 0:
+        return x
+    sim, idx = knn(x, x, k + 1 + 4)  # room for the face itself and a few faces of its own photo
+    ok = (idx >= 0) & (sim > 1.0 - radius)
+    ok &= g[np.maximum(idx, 0)] != g[:, None]  # drops the face itself too
+    rank = np.cumsum(ok, axis=1)
+    ok &= rank <= k
+    w = np.where(ok, sim, 0.0).astype(np.float64)
+    y = np.asarray(x, np.float64).copy()
+    rows = np.repeat(np.arange(n), idx.shape[1])[ok.ravel()]
+    np.add.at(y, rows, w.ravel()[ok.ravel()][:, None] * x[idx.ravel()[ok.ravel()]])
+    return normalize(y)
+
+
+def attach_singletons(
+    x: np.ndarray, g: np.ndarray, labels: np.ndarray, max_dist: float, ratio: float, k: int
+) -> np.ndarray:
+    """A face alone in its cluster joins the cluster of its nearest neighbour when that
+    neighbour is closer than ``max_dist``, at most ``ratio`` times as far as the nearest face of
+    any other cluster, and the cluster holds no face of its photo. Only clusters of >= 2 faces
+    (before this pass) take faces, so nothing chains; decisions read the original embeddings."""
+    labels = np.asarray(labels).copy()
+    sizes = np.bincount(labels)
+    single = np.flatnonzero(sizes[labels] == 1)
+    if not len(single) or len(single) == len(labels):
+        return labels
+    sim, idx = knn(x, x[single], k + 1)
+    # photos per cluster, to keep cannot-link hard
+    pairs = set(zip(labels.tolist(), g.tolist(), strict=True))
+    new = labels.copy()
+    for row, i in enumerate(single):
+        best, best_d, other_d = -1, np.inf, np.inf
+        for s, j in zip(sim[row], idx[row], strict=True):
+            if j < 0 or j == i or g[j] == g[i]:
+                continue
+            c, d = labels[j], 1.0 - float(s)
+            if sizes[c] < 2:
+                other_d = min(other_d, d)  # another singleton counts as another candidate identity
+                if best < 0:
+                    break  # the nearest face is alone too: no evidence for any cluster
+                continue
+            if best < 0:
+                best, best_d = c, d
+            elif c != best:
+                other_d = min(other_d, d)
+                break
+        if best >= 0 and best_d < max_dist and best_d <= ratio * other_d and (best, g[i]) not in pairs:
+            new[i] = best
+    return new
+
+
+def cluster(
+    keys: Sequence[str],
+    emb: np.ndarray,
+    groups: Sequence,
+    threshold: float,
+    method: str = "context",
+    exact_max: int = EXACT_MAX,
+    k: int = 32,
+    params: ContextParams | None = None,
+) -> ClusterResult:
+    """Same arguments as ``clustering.cluster_faces`` (``k`` = the HAC's kNN graph), plus the
+    method: one of ``METHODS``, or an HAC method (passed through to ``cluster_faces``)."""
+    if method in HAC_METHODS:
+        return cluster_faces(keys, emb, groups, threshold, method=method, exact_max=exact_max, k=k)
+    if method not in METHODS:
+        raise ValueError(f"unknown cluster method {method!r} (allowed: {', '.join(HAC_METHODS + METHODS)})")
+    p = params or ContextParams()
+    keys = np.asarray(keys, dtype=object).astype(str)
+    n = len(keys)
+    if n == 0:
+        return ClusterResult(np.zeros(0, np.int64), method)
+    order = np.argsort(keys, kind="stable")  # row order never matters
+    x = normalize(np.asarray(emb)[order])
+    g = group_ids(np.asarray(groups, dtype=object)[order])
+    y = smooth_embeddings(x, g, p.k, p.radius)
+    lab = cluster_faces(keys[order], y, g, threshold, exact_max=exact_max, k=k).labels
+    if method == "context":
+        lab = attach_singletons(x, g, lab, threshold + p.attach_offset, p.attach_ratio, p.attach_k)
+    lab = canonical_labels(lab, keys[order])
+    out = np.empty(n, np.int64)
+    out[order] = lab
+    return ClusterResult(out, method)
