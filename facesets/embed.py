@@ -184,6 +184,7 @@ def run_analysis(
     opts: EmbedOptions,
     progress: Progress | None = None,
     poll_s: float = 1.0,
+    known: tuple[set[str], set[str]] | None = None,
 ) -> tuple[list[dict], int]:
     """Analyze images, writing results to the store one batch at a time.
 
@@ -197,8 +198,9 @@ def run_analysis(
     cv2.setNumThreads(1)
     items = [t if isinstance(t, Todo) else Todo(t[1], (t[0],)) for t in todo]
     claims = store.claims()
-    seen: set[str] = set()
-    done = store.new_keys(seen)
+    # (segments already read, the keys they hold): the caller's scan of the store, not redone
+    seen, done = (set(known[0]), set(known[1])) if known else (set(), set())
+    done |= store.new_keys(seen)
     transient: list[dict] = []
     analyzed = 0
     pending = [t for t in items if t.sha256 not in done]
@@ -366,7 +368,8 @@ def embed_listing(
     t0 = time.monotonic()
     faces_out = Path(faces_out)
     readable = listing[listing["error"].isna() & listing["sha256"].notna()]
-    done = store.done()
+    seen: set[str] = set()
+    done = store.new_keys(seen)
     where = locate or (lambda p: p)
     todo = [
         Todo(r.sha256, (where(r.path), *_located(where, r.aliases)))
@@ -384,7 +387,7 @@ def embed_listing(
     if todo:
         progress.update(0)  # a first line at once: the console knows the job started and how much it has
     try:
-        transient, analyzed = run_analysis(todo, analyzer, store, opts, progress)
+        transient, analyzed = run_analysis(todo, analyzer, store, opts, progress, known=(seen, done))
     finally:
         progress.close()
     elapsed = time.monotonic() - t0
