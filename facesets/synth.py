@@ -4,7 +4,8 @@
 and the photo it came from, shaped like a real photo library under cosine distance (the
 geometry is tuned for a clustering threshold around 0.55):
 
-* **Identity sizes** follow Zipf's law: a few identities hold thousands of faces (at 1e6
+* **Identity sizes** (``skew="zipf"``, the default; ``uniform`` and ``family`` in
+  ``identity_sizes``) follow Zipf's law: a few identities hold thousands of faces (at 1e6
   faces), most hold a handful, and about half of all identities are singletons. Sizes are
   drawn i.i.d. from the discrete power law ``P(s) ∝ s^-(1 + 1/zipf_a)`` on
   ``1 .. max_identity_frac * n``, which is the size distribution of a rank-size Zipf law
@@ -98,11 +99,57 @@ def _zipf_sizes(rng: np.random.Generator, total: int, zipf_a: float, cap: int) -
     return np.sort(sizes)[::-1].copy()
 
 
+SKEWS = ("zipf", "uniform", "family")
+
+
+def identity_sizes(
+    rng: np.random.Generator,
+    total: int,
+    skew: str,
+    zipf_a: float,
+    cap: int,
+    giants: tuple[float, ...] = (),
+    uniform_max: int = 40,
+) -> np.ndarray:
+    """Identity sizes summing to ``total``, largest first, for a size distribution ``skew``.
+
+    * ``zipf``: i.i.d. power-law sizes on 1..``cap`` (``_zipf_sizes``).
+    * ``uniform``: i.i.d. uniform sizes on 1..``uniform_max`` (no identity stands out).
+    * ``family``: a family library: 2-5 identities (the owner, partner, children) holding
+      10-25 % of the faces each (drawn from ``rng``), the rest Zipf as above.
+
+    ``giants``: explicit shares of the faces held by single identities (e.g. ``(0.2, 0.2)``),
+    taken before the rest is drawn by ``skew``; ``family`` draws them itself when none are given.
+    """
+    if skew not in SKEWS:
+        raise ValueError(f"skew must be one of {', '.join(SKEWS)}, not {skew!r}")
+    shares = list(giants)
+    if skew == "family" and not shares:
+        shares = rng.uniform(0.10, 0.25, int(rng.integers(2, 6)))
+        shares = (shares * min(1.0, 0.8 / shares.sum())).tolist()  # at most 80 % in the family
+    if sum(shares) >= 1.0:
+        raise ValueError(f"giant identities hold {sum(shares):.0%} of the faces: must be < 100%")
+    big = np.array([round(f * total) for f in shares if round(f * total) > 0], np.int64)
+    rest = total - int(big.sum())
+    if skew == "uniform":
+        draw = rng.integers(1, uniform_max + 1, rest // max(1, (uniform_max + 1) // 2) + 16)
+        csum = np.cumsum(draw)
+        last = int(np.searchsorted(csum, rest))
+        small = draw[: last + 1].copy()
+        small[-1] -= int(csum[last]) - rest
+        small = small[small > 0]
+    else:
+        small = _zipf_sizes(rng, rest, zipf_a, cap) if rest else np.zeros(0, np.int64)
+    return np.sort(np.r_[big, small].astype(np.int64))[::-1].copy()
+
+
 def synthetic_faces(
     n_faces: int,
     dim: int = 128,
     seed: int = 0,
     *,
+    skew: str = "zipf",
+    giants: tuple[float, ...] = (),
     zipf_a: float = 1.2,
     max_identity_frac: float = 0.02,
     noise_frac: float = 0.03,
@@ -121,6 +168,10 @@ def synthetic_faces(
 
     Knobs (cosine distances are after normalisation, approximate targets):
 
+    * ``skew``: the identity-size distribution, ``zipf`` (default), ``uniform`` or ``family``
+      (2-5 identities holding 10-25 % of the faces each); see ``identity_sizes``.
+    * ``giants``: explicit shares of single identities, e.g. ``(0.2, 0.2)``: two people with
+      20 % of all faces each (the owner and a child in a personal library).
     * ``zipf_a``: rank-size exponent of identity sizes (1.1-1.3 is typical).
     * ``max_identity_frac``: the largest possible identity, as a fraction of the faces
       (at least 50 faces).
@@ -145,7 +196,10 @@ def synthetic_faces(
     n_noise = round(noise_frac * n_faces) if n_faces > 1 else 0
     n_real = n_faces - n_noise
     cap = max(50, int(max_identity_frac * n_real))
-    sizes = _zipf_sizes(rng, n_real, zipf_a, cap) if n_real else np.zeros(0, np.int64)
+    if skew == "zipf" and not giants:  # the original draw, bit for bit
+        sizes = _zipf_sizes(rng, n_real, zipf_a, cap) if n_real else np.zeros(0, np.int64)
+    else:
+        sizes = identity_sizes(rng, n_real, skew, zipf_a, cap, tuple(giants)) if n_real else np.zeros(0, np.int64)
     n_id = len(sizes)
     centres = _unit(rng.standard_normal((n_id, dim), dtype=np.float32))
 

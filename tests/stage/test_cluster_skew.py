@@ -1,0 +1,54 @@
+"""The cluster engine on skewed libraries (issue #18): giant identities, exactness unchanged."""
+
+import numpy as np
+import pytest
+
+from facesets import clustering as C
+from facesets.synth import identity_sizes, synthetic_faces
+
+
+def test_skews_shape_the_identity_sizes():
+    rng = np.random.default_rng(0)
+    for seed in range(20):
+        fam = identity_sizes(np.random.default_rng(seed), 100_000, "family", 1.2, 2_000)
+        assert fam.sum() == 100_000
+        giants = fam[fam >= 8_000]
+        assert 2 <= len(giants) <= 5 and fam[len(giants)] <= 2_000, fam[:6]
+        assert giants.max() <= 25_000 and giants.sum() <= 80_000
+    uni = identity_sizes(rng, 50_000, "uniform", 1.2, 1_000)
+    assert uni.sum() == 50_000 and uni.max() <= 40 and uni.min() >= 1
+    two = identity_sizes(rng, 10_000, "zipf", 1.2, 200, giants=(0.2, 0.2))
+    assert two.sum() == 10_000 and two[:2].tolist() == [2_000, 2_000] and two[2] <= 200
+    with pytest.raises(ValueError, match="skew"):
+        identity_sizes(rng, 10, "pareto", 1.2, 5)
+
+
+def test_default_generator_is_unchanged_by_the_skew_knob():
+    a = synthetic_faces(3000, seed=4)
+    b = synthetic_faces(3000, seed=4, skew="zipf")
+    assert np.array_equal(a.emb, b.emb) and np.array_equal(a.photo, b.photo)
+
+
+@pytest.mark.parametrize("big_degree", [0, 3, C.BIG_DEGREE, 10**9])  # all big ... none big
+def test_exact_path_with_giant_identities_equals_dense_hac(big_degree, monkeypatch):
+    """Two identities of 20 % each and a family library: the exact path (rounds + heap with
+    big-cluster pointers) equals SciPy's dense average linkage with cannot-link, whatever
+    the big/small split of the heap phase."""
+    monkeypatch.setattr(C, "BIG_DEGREE", big_degree)
+    for kw in ({"giants": (0.2, 0.2)}, {"skew": "family"}):
+        s = synthetic_faces(2500, seed=9, **kw)
+        exact = C.cluster_faces(s.keys, s.emb, s.photo, 0.55, method="exact")
+        dense = C.cluster_faces(s.keys, s.emb, s.photo, 0.55, method="dense")
+        assert np.array_equal(exact.labels, dense.labels), kw
+        assert np.bincount(exact.labels).max() > 300  # a giant cluster formed
+
+
+def test_heap_phase_alone_on_the_complete_graph_is_exact_with_giants(monkeypatch):
+    """No reciprocal-nearest rounds at all (the heap does every merge): still textbook HAC."""
+    monkeypatch.setattr(C, "_rnn_rounds", lambda st, threshold, **kw: None)
+    s = synthetic_faces(1200, seed=2, giants=(0.25, 0.15))
+    x, g = C.normalize(s.emb), C.group_ids(s.photo)
+    full = np.array(np.triu_indices(len(x), 1)).T
+    got = C.graph_average_linkage(x, g, 0.55, edges=full)
+    ref = C.dense_average_linkage(x, g, 0.55)
+    assert np.array_equal(C.canonical_labels(got, s.keys), C.canonical_labels(ref, s.keys))
