@@ -144,11 +144,14 @@ def test_from_another_directory_without_metadata_new_photos_are_planned_and_embe
 
 
 def test_a_user_configfile_without_sources_never_builds_the_demo(tmp_path):
+    """Run in the checkout (where config/config.yaml lists the demo) with a user config."""
     cfg = tmp_path / "my.yaml"
-    cfg.write_text("work_root: work\noutput_root: output\n")
-    proc = _smk(["-n", "--configfile", str(cfg)], REPO, check=False)
+    cfg.write_text(f"work_root: {tmp_path / 'work'}\noutput_root: {tmp_path / 'output'}\n")
+    proc = _smk(["-n", "all", "--configfile", str(cfg)], REPO, check=False)
     out = proc.stdout + proc.stderr
-    assert "demo" not in re.sub(r"^.*\.snakemake/log.*$", "", out, flags=re.M), out[-3000:]
+    assert "Config file config/config.yaml is extended" not in out, out[-3000:]
+    assert f"{tmp_path / 'work'}/sources/demo" not in out and "source=demo" not in out, out[-3000:]
+    assert not (tmp_path / "work" / "sources" / "demo").exists()
 
 
 def test_a_missing_source_folder_stops_the_dry_run_naming_the_yaml_and_key(tmp_path):
