@@ -139,7 +139,9 @@ def refine_manifest(
     return m
 
 
-def export_manifest(source: str, model_id: str, facesets: Sequence[Mapping[str, Any]] = (), **extra: Any) -> ExportManifest:
+def export_manifest(
+    source: str, model_id: str, facesets: Sequence[Mapping[str, Any]] = (), **extra: Any
+) -> ExportManifest:
     """An export manifest (contract 4) with the responsible-use note; ``extra``: settings, stats, ..."""
     return {  # type: ignore[typeddict-item]
         "version": VERSION,
@@ -202,26 +204,29 @@ def read_refine_manifest(path: str | Path) -> RefineManifest:
     return obj  # type: ignore[return-value]
 
 
+def _read_contract(path: str | Path, name: str, label: str, made_by: str, ok, missing: str) -> dict[str, Any]:
+    p = _file(path, name)
+    what = f"a{'n' if label[0] in 'aeiou' else ''} {label} ({name} from `facesets {made_by}`)"
+    obj = read_json(p, what)
+    if not ok(obj):
+        raise InputError(f"{p}: not {what} ({missing})")
+    check_version(obj, p, label)
+    return obj
+
+
 def read_raw_manifest(path: str | Path) -> RawClusterManifest:
     """A raw-cluster manifest (contract 2); ``path`` may be the raw-cluster folder."""
-    p = _file(path, RAW_MANIFEST)
-    what = "a raw-cluster manifest (manifest.json from `facesets cluster`)"
-    obj = read_json(p, what)
-    if not is_raw_manifest(obj):
-        raise InputError(f"{p}: not {what} (no 'clusters' and 'faces' lists)")
-    check_version(obj, p, "raw-cluster manifest")
-    return obj  # type: ignore[return-value]
+    ok = is_raw_manifest
+    return _read_contract(path, RAW_MANIFEST, "raw-cluster manifest", "cluster", ok, "no 'clusters' and 'faces' lists")  # type: ignore[return-value]
 
 
 def read_export_manifest(path: str | Path) -> ExportManifest:
     """An export manifest (contract 4); ``path`` may be the export folder."""
-    p = _file(path, EXPORT_MANIFEST)
-    what = "an export manifest (manifest.json from `facesets export-swap`)"
-    obj = read_json(p, what)
-    if not isinstance(obj.get("facesets"), list) or is_raw_manifest(obj):
-        raise InputError(f"{p}: not {what} (no 'facesets' list)")
-    check_version(obj, p, "export manifest")
-    return obj  # type: ignore[return-value]
+
+    def ok(obj: Mapping[str, Any]) -> bool:
+        return isinstance(obj.get("facesets"), list) and not is_raw_manifest(obj)
+
+    return _read_contract(path, EXPORT_MANIFEST, "export manifest", "export-swap", ok, "no 'facesets' list")  # type: ignore[return-value]
 
 
 def read_library_manifest(swap_ready: str | Path) -> LibraryManifest:

@@ -287,6 +287,17 @@ def build_eras(identity: str, prep: Prepared, years: np.ndarray, st: EraSettings
     }
 
 
+def _header(identity: str, model_id: str, seed: Seed, st: EraSettings) -> dict[str, Any]:
+    """What the eras manifest and the probe report both start with."""
+    return {
+        "version": MANIFEST_VERSION,
+        "identity": identity,
+        "model_id": model_id,
+        "seed": {"spec": seed.spec, "manifest": seed.manifest, "faceset": seed.name},
+        "settings": st.as_dict(),
+    }
+
+
 def split_identity(
     identity: str,
     faces: pd.DataFrame,
@@ -303,11 +314,7 @@ def split_identity(
     result = build_eras(identity, prep, years, st)
     eras = result.pop("eras")
     manifest: dict[str, Any] = {
-        "version": MANIFEST_VERSION,
-        "identity": identity,
-        "model_id": model_id,
-        "seed": {"spec": seed.spec, "manifest": seed.manifest, "faceset": seed.name},
-        "settings": st.as_dict(),
+        **_header(identity, model_id, seed, st),
         "stats": {
             **prep.counts,
             "year_origin": origin,
@@ -337,10 +344,6 @@ def probe_identity(
     report = probe_report(prep, years, st)
     report["year_origin"] = origin
     return {
-        "version": MANIFEST_VERSION,
-        "identity": identity,
-        "model_id": model_id,
-        "seed": {"spec": seed.spec, "manifest": seed.manifest, "faceset": seed.name},
-        "settings": st.as_dict(),
+        **_header(identity, model_id, seed, st),
         **report,
     }
