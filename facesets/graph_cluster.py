@@ -28,7 +28,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facesets.clustering import EXACT_MAX, ClusterResult, canonical_labels, cluster_faces, group_ids, normalize
+from facesets.clustering import (
+    EXACT_MAX,
+    ClusterResult,
+    canonical_labels,
+    cluster_faces,
+    graph_average_linkage,
+    group_ids,
+    normalize,
+)
 
 METHODS = ("context", "context-noattach")
 HAC_METHODS = ("auto", "exact", "graph", "dense")
@@ -71,37 +79,51 @@ def knn(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(sim, order, 1), np.take_along_axis(idx, order, 1)
 
 
-def smooth_embeddings(x: np.ndarray, g: np.ndarray, k: int, radius: float) -> np.ndarray:
+def smooth_embeddings(
+    x: np.ndarray, g: np.ndarray, k: int, radius: float, nbrs: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
     """Each face plus its up-to-``k`` nearest faces closer than ``radius``, similarity-weighted,
-    re-normalised. Faces of the face's own photo are never averaged in (cannot-link)."""
+    re-normalised. Faces of the face's own photo are never averaged in (cannot-link).
+    ``nbrs``: a precomputed ``knn(x, x, >= k + 1)`` (similarities, indices)."""
     n = len(x)
     if n <= 1 or k <= 0:
         return x
-    sim, idx = knn(x, x, k + 1 + 4)  # room for the face itself and a few faces of its own photo
+    sim, idx = nbrs if nbrs is not None else knn(x, x, k + 1 + 4)  # room for itself + its own photo's faces
     ok = (idx >= 0) & (sim > 1.0 - radius)
     ok &= g[np.maximum(idx, 0)] != g[:, None]  # drops the face itself too
     rank = np.cumsum(ok, axis=1)
     ok &= rank <= k
     w = np.where(ok, sim, 0.0).astype(np.float64)
     y = np.asarray(x, np.float64).copy()
-    rows = np.repeat(np.arange(n), idx.shape[1])[ok.ravel()]
-    np.add.at(y, rows, w.ravel()[ok.ravel()][:, None] * x[idx.ravel()[ok.ravel()]])
+    flat = ok.ravel()
+    rows = np.repeat(np.arange(n), idx.shape[1])[flat]
+    np.add.at(y, rows, w.ravel()[flat][:, None] * x[idx.ravel()[flat]])
     return normalize(y)
 
 
 def attach_singletons(
-    x: np.ndarray, g: np.ndarray, labels: np.ndarray, max_dist: float, ratio: float, k: int
+    x: np.ndarray,
+    g: np.ndarray,
+    labels: np.ndarray,
+    max_dist: float,
+    ratio: float,
+    k: int,
+    nbrs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """A face alone in its cluster joins the cluster of its nearest neighbour when that
     neighbour is closer than ``max_dist``, at most ``ratio`` times as far as the nearest face of
     any other cluster, and the cluster holds no face of its photo. Only clusters of >= 2 faces
-    (before this pass) take faces, so nothing chains; decisions read the original embeddings."""
+    (before this pass) take faces, so nothing chains; decisions read the original embeddings.
+    ``nbrs``: a precomputed ``knn(x, x, ...)`` of all faces (its first ``k + 1`` columns are used)."""
     labels = np.asarray(labels).copy()
     sizes = np.bincount(labels)
     single = np.flatnonzero(sizes[labels] == 1)
     if not len(single) or len(single) == len(labels):
         return labels
-    sim, idx = knn(x, x[single], k + 1)
+    if nbrs is not None:
+        sim, idx = nbrs[0][single, : k + 1], nbrs[1][single, : k + 1]
+    else:
+        sim, idx = knn(x, x[single], k + 1)
     # photos per cluster, to keep cannot-link hard
     pairs = set(zip(labels.tolist(), g.tolist(), strict=True))
     new = labels.copy()
@@ -150,10 +172,21 @@ def cluster(
     order = np.argsort(keys, kind="stable")  # row order never matters
     x = normalize(np.asarray(emb)[order])
     g = group_ids(np.asarray(groups, dtype=object)[order])
-    y = smooth_embeddings(x, g, p.k, p.radius)
-    lab = cluster_faces(keys[order], y, g, threshold, exact_max=exact_max, k=k).labels
+    # one kNN search on the raw embeddings serves the smoothing, the attach pass and (above
+    # exact_max) the HAC's candidate graph
+    big = n > exact_max
+    nbrs = knn(x, x, max(p.k + 5, p.attach_k + 1, k + 1 if big else 0))
+    y = smooth_embeddings(x, g, p.k, p.radius, nbrs)
+    if big:  # the graph path: the kNN candidate graph, exact sums, then the cluster-level repair
+        rows = np.repeat(np.arange(n), nbrs[1].shape[1])
+        cols = nbrs[1].ravel()
+        keep = (cols >= 0) & (cols != rows)
+        edges = np.stack([np.minimum(rows, cols)[keep], np.maximum(rows, cols)[keep]], 1)
+        lab = graph_average_linkage(y, g, threshold, edges=edges, repair=True)
+    else:
+        lab = cluster_faces(keys[order], y, g, threshold, method="exact").labels
     if method == "context":
-        lab = attach_singletons(x, g, lab, threshold + p.attach_offset, p.attach_ratio, p.attach_k)
+        lab = attach_singletons(x, g, lab, threshold + p.attach_offset, p.attach_ratio, p.attach_k, nbrs)
     lab = canonical_labels(lab, keys[order])
     out = np.empty(n, np.int64)
     out[order] = lab

@@ -108,3 +108,18 @@ def test_hac_methods_pass_through_and_unknown_is_named():
 def test_empty_and_single():
     assert len(gc.cluster([], np.zeros((0, 8)), [], 0.5).labels) == 0
     assert gc.cluster(["a"], np.ones((1, 8)), ["p"], 0.5).labels.tolist() == [0]
+
+
+def test_graph_path_above_exact_max():
+    # above exact_max the HAC runs on the shared kNN graph (+ repair): still deterministic,
+    # row-order free, cannot-link hard, and close to the exact path's quality
+    f = synthetic_faces(2500, seed=6)
+    a = gc.cluster(f.keys, f.emb, f.photo, 0.55, exact_max=500).labels
+    perm = np.random.default_rng(2).permutation(len(f))
+    c = gc.cluster(f.keys[perm], f.emb[perm], f.photo[perm], 0.55, exact_max=500).labels
+    back = np.empty_like(c)
+    back[perm] = c
+    assert np.array_equal(a, back)
+    assert _violations(f.photo, a) == 0
+    exact = gc.cluster(f.keys, f.emb, f.photo, 0.55).labels
+    assert pairwise_prf(exact, a)[2] > 0.98
