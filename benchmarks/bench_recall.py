@@ -53,6 +53,7 @@ def embed_real_set(root: Path, model_dir: Path, flip_tta: bool) -> dict:
     from facesets.analyzers.opencv import OpenCVAnalyzer
     from facesets.embed import EmbedOptions, analyze_image
     from facesets.models import ensure_opencv_models
+    from facesets.options import build
 
     paths = ensure_opencv_models(model_dir)
     an = OpenCVAnalyzer(
@@ -69,7 +70,7 @@ def embed_real_set(root: Path, model_dir: Path, flip_tta: bool) -> dict:
     for r in rows:
         p = str(root / r["path"])
         sha = hashlib.sha256(Path(p).read_bytes()).hexdigest()
-        faces, _ = analyze_image(p, sha, an, EmbedOptions())
+        faces, _ = analyze_image(p, sha, an, build(EmbedOptions, "embed"))
         faces = [f for f in faces if f["status"] == "faces"]
         labels = face_labels(r["rule"], r["labels"].split(";"), faces, sha)
         for f, lab in zip(faces, labels, strict=True):

@@ -15,6 +15,7 @@ from facesets import thresholds
 from facesets.clustering import group_ids
 from facesets.embed import EmbedOptions, analyze_image
 from facesets.metrics import pairwise_prf
+from facesets.options import build
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +31,11 @@ def dev_set(dev_faces, opencv_analyzer):
         if sha in seen:
             continue  # byte-identical copy: the same photo to the workflow
         seen.add(sha)
-        faces = [f for f in analyze_image(str(path), sha, opencv_analyzer, EmbedOptions())[0] if f["status"] == "faces"]
+        faces = [
+            f
+            for f in analyze_image(str(path), sha, opencv_analyzer, build(EmbedOptions, "embed"))[0]
+            if f["status"] == "faces"
+        ]
         names = row.faces_left_to_right.split(";")
         size = np.array([(f["x2"] - f["x1"]) * (f["y2"] - f["y1"]) for f in faces])
         chosen = sorted(np.argsort(-size, kind="stable")[: len(names)].tolist())  # labelled = the largest
