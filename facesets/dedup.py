@@ -23,7 +23,10 @@ even from the same burst, is not one. Two stages (docs/dedup.md has the measurem
 
 Verified pairs are joined transitively (union-find); groups are numbered ``nd_0001`` ... in
 the order of their first member's path. Per-image hashes are cached by sha256 under
-``<cache_dir>/phash-v1/`` (facesets/segcache.py), so a rerun hashes only new photos.
+``<cache_dir>/phash-v1/`` and pair verdicts by both sha256s and a settings digest under
+``<cache_dir>/verdict-v3/`` (facesets/segcache.py), so a rerun hashes only new photos and
+verifies only new pairs; pairs already joined through others are never verified
+(``verify_pairs``).
 """
 
 from __future__ import annotations
@@ -109,14 +112,34 @@ def trim_borders(grey: np.ndarray, tol: int = TRIM_TOLERANCE) -> np.ndarray:
     return grey[top : h - bottom, left : w - right]
 
 
-def load_grey(path: str, size: int, max_pixels: int = 250_000_000) -> np.ndarray:
-    """Grey, oriented, borders trimmed, long side ``size`` (area-averaged, or upscaled)."""
-    dec = imageio.decode(path, target_long_side=size * 2, max_pixels=max_pixels)
-    grey = trim_borders(cv2.cvtColor(dec.rgb, cv2.COLOR_RGB2GRAY))
+def load_grey(path: str, size: int, max_pixels: int = 250_000_000, decode_side: int | None = None) -> np.ndarray:
+    """Grey, oriented, borders trimmed, long side ``size`` (area-averaged, or upscaled).
+
+    ``decode_side``: the long side to decode at least (JPEG DCT scaling); default ``2 * size``.
+    """
+    dec = imageio.decode(path, target_long_side=decode_side or size * 2, max_pixels=max_pixels)
+    return scaled(trim_borders(cv2.cvtColor(dec.rgb, cv2.COLOR_RGB2GRAY)), size)
+
+
+def scaled(grey: np.ndarray, size: int) -> np.ndarray:
+    """``grey`` with long side ``size`` (area-averaged down, or linear up)."""
     h, w = grey.shape
     f = size / max(h, w)
     dsize = (max(1, round(w * f)), max(1, round(h * f)))
     return cv2.resize(grey, dsize, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+
+
+HASH_SIDE = 256  # the hash's working copy (decoded at >= 2x this)
+
+
+def work_decode_side(opts: DedupOptions) -> int:
+    """Verification copies decode like the hash's (one decode gives both), at least ``work_size``."""
+    return max(2 * HASH_SIDE, opts.work_size)
+
+
+def load_work_copy(path: str, opts: DedupOptions) -> np.ndarray:
+    """The verification working copy (the same pixels whether made here or in the hash pass)."""
+    return load_grey(path, opts.work_size, opts.max_pixels, work_decode_side(opts))
 
 
 def phash(grey: np.ndarray) -> int:
@@ -349,9 +372,22 @@ def face_pairs(faces: pd.DataFrame, image_index: dict[str, int], max_distance: f
 # ---------------------------------------------------------------- the stage
 
 
-def _hash_one(path: str, sha: str, opts: DedupOptions) -> dict:
+def _hash_one(path: str, sha: str, opts: DedupOptions, keep: dict | None = None) -> dict:
+    """The photo's hash row; with ``keep``, its verification working copy goes there (same decode)."""
     try:
-        return {"sha256": sha, "phash": phash(load_grey(path, 256, opts.max_pixels)), "error": None}
+        dec = imageio.decode(path, target_long_side=work_decode_side(opts), max_pixels=opts.max_pixels)
+        grey = trim_borders(cv2.cvtColor(dec.rgb, cv2.COLOR_RGB2GRAY))
+        if keep is not None:
+            keep[sha] = scaled(grey, opts.work_size)
+        small = grey if work_decode_side(opts) == 2 * HASH_SIDE else None
+        if small is None:  # another decode side than the hash's own: decode as the hash always did
+            small = trim_borders(
+                cv2.cvtColor(
+                    imageio.decode(path, target_long_side=2 * HASH_SIDE, max_pixels=opts.max_pixels).rgb,
+                    cv2.COLOR_RGB2GRAY,
+                )
+            )
+        return {"sha256": sha, "phash": phash(scaled(small, HASH_SIDE)), "error": None}
     except imageio.ImageLoadError as exc:
         return {"sha256": sha, "phash": 0, "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one odd photo must not stop dedup (reported, not cached)
@@ -359,13 +395,28 @@ def _hash_one(path: str, sha: str, opts: DedupOptions) -> dict:
         return {"sha256": sha, "phash": 0, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def image_hashes(images: pd.DataFrame, cache: SegmentCache, opts: DedupOptions) -> tuple[pd.DataFrame, int]:
-    """(sha256, phash, error) per image, from the cache or computed (and cached)."""
+KEEP_BYTES = 1 << 30  # working copies kept from the hash pass for verification (beyond: decoded again)
+
+
+def image_hashes(
+    images: pd.DataFrame, cache: SegmentCache, opts: DedupOptions, keep: dict | None = None
+) -> tuple[pd.DataFrame, int]:
+    """(sha256, phash, error) per image, from the cache or computed (and cached).
+
+    ``keep``: filled with the verification working copies of the photos hashed now (up to
+    ``KEEP_BYTES``), so verification does not decode them again.
+    """
     have = cache.load(images["sha256"])
     todo = images[~images["sha256"].isin(set(have["sha256"]))]
+    budget = KEEP_BYTES // max(1, opts.work_size * opts.work_size)
     rows: list[dict] = []
     with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
-        rows = list(pool.map(lambda r: _hash_one(r[0], r[1], opts), zip(todo["path"], todo["sha256"], strict=True)))
+        rows = list(
+            pool.map(
+                lambda r: _hash_one(r[1], r[2], opts, keep if keep is not None and r[0] < budget else None),
+                zip(range(len(todo)), todo["path"], todo["sha256"], strict=True),
+            )
+        )
     done = pd.DataFrame(rows, columns=HASH_SCHEMA.names)
     cache.add(done[done["error"].isna()])  # a read error may be temporary: not cached
     return pd.concat([p for p in (have, done) if len(p)] or [have], ignore_index=True), len(todo)
@@ -410,7 +461,8 @@ def find_duplicates(
     ]
     stats.byte_identical_groups = len(byte_groups)
     cache = SegmentCache(Path(cache_dir) / f"phash-v{HASH_VERSION}", HASH_SCHEMA, "sha256")
-    hashes, stats.hashed = image_hashes(readable[["sha256", "path"]], cache, opts)
+    copies: dict[str, np.ndarray] = {}
+    hashes, stats.hashed = image_hashes(readable[["sha256", "path"]], cache, opts, copies)
     hashes = readable[["sha256"]].merge(hashes, on="sha256", how="left")
     usable = hashes["error"].isna().to_numpy()
     index = {sha: i for i, sha in enumerate(readable["sha256"])}
@@ -431,9 +483,12 @@ def find_duplicates(
     ordered = [(int(i), int(j)) for i, j in cand[np.argsort(bits, kind="stable")]]  # likeliest first
     vcache = SegmentCache(Path(cache_dir) / f"verdict-v{VERDICT_VERSION}", VERDICT_SCHEMA, "pair")
     vstats = VerifyStats()
-    verified = verify_pairs(
-        ordered, readable["path"].tolist(), opts, failures, readable["sha256"].tolist(), vcache, vstats
-    )
+    shas = readable["sha256"].tolist()
+    needed = {i for p in ordered for i in p}
+    preloaded = {i: copies[shas[i]] for i in needed if shas[i] in copies}
+    copies.clear()
+    verified = verify_pairs(ordered, readable["path"].tolist(), opts, failures, shas, vcache, vstats, preloaded)
+    preloaded.clear()
     stats.verified = len(verified)
     stats.failed_pairs = len(failures)
     stats.cached, stats.skipped, stats.checked = vstats.cached, vstats.skipped, vstats.checked
@@ -475,7 +530,7 @@ class PairFailure:
     error: str
 
 
-VERDICT_VERSION = 2  # bump when verification changes in a way the settings do not show
+VERDICT_VERSION = 3  # bump when verification changes in a way the settings do not show
 VERDICT_SCHEMA = pa.schema(
     [
         ("pair", pa.string()),
@@ -531,6 +586,7 @@ def verify_pairs(
     shas: Sequence[str] | None = None,
     cache: SegmentCache | None = None,
     vstats: VerifyStats | None = None,
+    preloaded: dict[int, np.ndarray] | None = None,
 ) -> list[tuple[int, int]]:
     """The candidate pairs that pass verification, in the order given (most likely first).
 
@@ -569,7 +625,7 @@ def verify_pairs(
         else:
             todo.append(k)
     pending = np.bincount(np.asarray([x for k in todo for x in pairs[k]], np.int64), minlength=n)
-    grey: dict[int, np.ndarray | None] = {}
+    grey: dict[int, np.ndarray | None] = dict(preloaded or {})  # working copies (``load_work_copy``)
     feats: dict[int, OrbFeatures] = {}
     load_errors: dict[int, str] = {}
     lock = threading.Lock()
@@ -579,7 +635,7 @@ def verify_pairs(
             if i in grey:
                 return grey[i]
         try:
-            img = load_grey(paths[i], opts.work_size, opts.max_pixels)
+            img = load_work_copy(paths[i], opts)
         except imageio.ImageLoadError:
             img = None
         except Exception as exc:  # noqa: BLE001 - one odd photo must not stop dedup

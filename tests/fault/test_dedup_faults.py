@@ -88,12 +88,12 @@ def test_pair_that_raises_is_reported_and_skipped(demo_photos: Path, tmp_path: P
         im.resize((im.width // 2, im.height // 2)).save(photos / f"p{k}_half.jpg", quality=90)
     real = dedup.verify_pair
     poisoned = {"p1.jpg", "p1_half.jpg"}
-    copies = [dedup.load_grey(str(photos / name), 512) for name in sorted(poisoned)]
+    copies = [dedup.load_work_copy(str(photos / name), DedupOptions()) for name in sorted(poisoned)]
 
-    def faulty(a, b, opts):
+    def faulty(a, b, opts, *args, **kw):
         if all(any(x.shape == c.shape and np.array_equal(x, c) for c in copies) for x in (a, b)):
             raise ZeroDivisionError("float division by zero")
-        return real(a, b, opts)
+        return real(a, b, opts, *args, **kw)
 
     monkeypatch.setattr(dedup, "verify_pair", faulty)
     doc, stats = find_duplicates(_listing(photos), None, tmp_path / "cache", DedupOptions(workers=2))

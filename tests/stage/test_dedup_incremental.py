@@ -42,7 +42,7 @@ def _reference_groups(photos: Path, doc_pairs: list[tuple[str, str]], opts: Dedu
     """Every candidate pair verified one by one (no cache, no skip), joined by union-find."""
     names = sorted({n for p in doc_pairs for n in p})
     index = {n: k for k, n in enumerate(names)}
-    grey = {n: dedup.load_grey(str(photos / n), opts.work_size) for n in names}
+    grey = {n: dedup.load_work_copy(str(photos / n), opts) for n in names}
     uf = dedup._UnionFind(len(names))
     for a, b in doc_pairs:
         if dedup.verify_pair(grey[a], grey[b], opts).ok:
