@@ -285,7 +285,14 @@ def merge_batches(
     pixels = _Pixels(Path(swap_ready) if swap_ready is not None else Path.cwd())
     changed = [b for b in batches if ledger.batches.get(b.source, {}).get("digest") != b.digest]
     props_of = {b.source: _proposals(b, parents.get(b.source)) for b in changed}
+    # sets held below min_faces by earlier merges: an identity that came since may take them
+    held_before = {
+        b.source: [p for p in _proposals(b, parents.get(b.source)) if p.name in _held(ledger, b.source)]
+        for b in batches
+        if b.source not in props_of and _held(ledger, b.source)
+    }
     keys = {c["face_key"] for props in props_of.values() for p in props for c in p.crops}
+    keys |= {c["face_key"] for props in held_before.values() for p in props for c in p.crops}
     if keys:  # members too: a new face is compared with the identity's faces by embedding
         keys |= {k for i in ledger.identities for k in i.members}
     emb = load_embeddings(face_tables, keys) if keys else {}  # one read of the face tables
@@ -318,7 +325,54 @@ def merge_batches(
         for n in notes:
             log.warning("manifest-merge: %s", n["message"])
         ledger.batches[b.source] = {"digest": b.digest, "entries": entries, "notes": notes}
+    # Last, every held set once more, against the whole merged library: whether a set joins an
+    # identity must not depend on whether that identity's source is listed before or after it.
+    for b in batches:
+        props = held_before.get(b.source) or [
+            p for p in props_of.get(b.source, []) if p.name in _held(ledger, b.source)
+        ]
+        for p in props:
+            ch = _retry_held(ledger, b.source, p, settings, resolved, owner, emb, pixels)
+            if ch is not None and ch.added:
+                changes.append(ch)
+                log.info(
+                    "manifest-merge: held %s/%s joins %s (#%d, +%d faces)",
+                    b.source,
+                    p.name,
+                    ch.name,
+                    ch.number,
+                    len(ch.added),
+                )
     return changes
+
+
+def _held(ledger: L.Ledger, source: str) -> set[str]:
+    return {n["entry"] for n in ledger.batches.get(source, {}).get("notes", []) if n["kind"] == "held"}
+
+
+def _retry_held(
+    ledger: L.Ledger,
+    source: str,
+    p: L.Proposal,
+    settings: MergeSettings,
+    resolved: dict[str, int],
+    owner: dict[str, int],
+    emb: Mapping[str, np.ndarray],
+    pixels: _Pixels,
+) -> L.MergeChange | None:
+    """A held set joins the identity it matches now (it never creates one: it is still too small)."""
+    thr = settings.match_threshold if settings.match_threshold is not None else for_model(p.model_id).match
+    if L.match(ledger, p, thr, resolved, owner) is None:
+        return None
+    notes: list[dict] = []
+    ch = _merge_one(ledger, p, settings, resolved, owner, emb, pixels, notes)
+    if ch is None:
+        return None
+    rec = ledger.batches[source]
+    rec["entries"] = {**rec.get("entries", {}), p.name: ch.number}
+    rec["notes"] = [n for n in rec.get("notes", []) if not (n["kind"] == "held" and n["entry"] == p.name)] + notes
+    resolved[f"{source}/{p.name}"] = ch.number
+    return ch
 
 
 def _merge_one(

@@ -279,3 +279,23 @@ def test_crash_leftovers_are_cleaned_by_the_next_merge(tmp_path):
         "faceset_001/crops/.tmp-a9_0.png",
     ]
     assert not list(swap.rglob(".tmp-*"))
+
+
+def test_a_held_set_joins_an_identity_that_comes_later_whatever_the_order(tmp_path):
+    out = tmp_path / "out"
+    faces = _faces(tmp_path / "f.parquet", {"a1_0": 0, "a2_0": 0, "a3_0": 0, "a4_0": 0})
+    small = _export(out, "bucket", {"faceset_001": (0, ["a1_0"])})  # one photo: held below min_faces 2
+    big = _export(out, "later", {"faceset_001": (0, ["a2_0", "a3_0", "a4_0"])})
+    settings = M.MergeSettings(min_faces={"bucket": 2, "later": 2})
+    swap = out / "facesets_swap_ready"
+    s = M.run_merge([("bucket", small)], [faces], swap, settings)
+    assert s["identities"] == 0 and len(s["held"]) == 1
+    # the bucket's export is unchanged; the person arrives from a source listed after it
+    s = M.run_merge([("bucket", small), ("later", big)], [faces], swap, settings)
+    led = L.load(swap / "ledger.json")
+    assert set(led.by_number(1).members) == {"a1_0", "a2_0", "a3_0", "a4_0"} and s["held"] == []
+    assert led.batches["bucket"]["entries"] == {"faceset_001": 1}
+    # the same in one merge from an empty library
+    swap2 = out / "other"
+    M.run_merge([("bucket", small), ("later", big)], [faces], swap2, settings)
+    assert L.to_json(L.load(swap2 / "ledger.json"))["identities"] == L.to_json(led)["identities"]
