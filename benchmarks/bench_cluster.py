@@ -29,6 +29,10 @@ Sizes run in increasing order and the "cluster engine" section of ``docs/benchma
 is rewritten after every run (other sections are kept), so partial results survive.
 
     python benchmarks/bench_cluster.py [--sizes 5000,20000,100000,1000000] [--seed-max 20000]
+        [--skew zipf|uniform|family] [--giants 0.2,0.2]
+
+``--skew`` / ``--giants`` choose the identity-size distribution (``facesets.synth.identity_sizes``);
+each choice other than the default writes a section of its own.
 """
 
 from __future__ import annotations
@@ -314,7 +318,7 @@ def bench_size(n: int, args: argparse.Namespace, results: dict, flush) -> None:
     entry: dict = {"n": n, "runs": [], "notes": []}
     results["sizes"].append(entry)
     t0 = time.perf_counter()
-    f = synthetic_faces(n, seed=args.data_seed)
+    f = synthetic_faces(n, seed=args.data_seed, **skew_kwargs(args.skew, args.giants))
     entry["gen_s"] = time.perf_counter() - t0
     entry["truth"] = summarize_truth(f)
     entry["distances"] = pair_distance_percentiles(f, n_pairs=100_000)
@@ -555,7 +559,7 @@ def code_versions(results: dict) -> list[str]:
 def render(results: dict) -> str:
     m = results["machine"]
     out = [
-        SECTION,
+        section_title(results.get("skew", "zipf"), results.get("giants", "")),
         "",
         f"- Date: {results['date']}" + ("" if results.get("done") or results.get("interrupted") else " (in progress)"),
         f"- Machine: {m['cpu']}; {m['cores']}; {m['ram']} RAM; {m['os']}",
@@ -564,7 +568,7 @@ def render(results: dict) -> str:
         f"- Threshold {results['threshold']} (cosine distance, merge while < threshold); data seed "
         f"{results['data_seed']}; `exact_max` = {fmt_n(EXACT_MAX)}; each run in its own process "
         "(seconds = the clustering call only; peak RSS = that process's VmHWM, inputs included).",
-        "- Data: `facesets.synth.synthetic_faces` (Zipf identity sizes with a singleton tail, sub-modes, "
+        "- Data: " + data_note(results.get("skew", "zipf"), results.get("giants", "")) + ", sub-modes, "
         "look-alike pairs, 10% low-quality faces, 3% noise faces, photos of 1-6 different people).",
         "- Quality vs ground truth identities; cannot-link violations = pairs of faces of one photo in one "
         "cluster (ours forbids them, the seed's method has no such constraint). "
@@ -666,9 +670,32 @@ def render(results: dict) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def write_section(out: Path, section: str) -> None:
+def skew_kwargs(skew: str, giants: str) -> dict:
+    """``synthetic_faces`` arguments for ``--skew`` and ``--giants`` (comma-separated shares)."""
+    return {"skew": skew, "giants": tuple(float(g) for g in giants.split(",") if g.strip())}
+
+
+def section_title(skew: str, giants: str) -> str:
+    """The default data keeps the original section; each other skew gets a section of its own."""
+    if skew == "zipf" and not giants:
+        return SECTION
+    return f"## cluster engine, identity sizes: {skew}" + (f" + giants {giants}" if giants else "")
+
+
+def data_note(skew: str, giants: str) -> str:
+    sizes = {
+        "zipf": "Zipf identity sizes with a singleton tail",
+        "uniform": "uniform identity sizes 1-40",
+        "family": "a family library: 2-5 identities with 10-25 % of the faces each, the rest Zipf",
+    }[skew]
+    if giants:
+        sizes += f", plus single identities holding {giants} of the faces"
+    return f"`facesets.synth.synthetic_faces(skew={skew!r}{', giants=(' + giants + ')' if giants else ''})` ({sizes}"
+
+
+def write_section(out: Path, section: str, title: str = SECTION) -> None:
     """Replace (or add) our section in ``out``, keeping every other section."""
-    report.write_section(out, SECTION, section, HEADER)
+    report.write_section(out, title, section, HEADER)
 
 
 def _jsonable(o):
@@ -704,7 +731,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-timeout", type=float, default=3600.0, help="seconds per run before it is killed")
     ap.add_argument("--wait-idle", type=float, default=0.0, help="wait up to this many seconds for an idle CPU per run")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
-    ap.add_argument("--work", default=str(REPO / "work" / "bench_cluster"))
+    ap.add_argument("--work", default=None, help="default: work/bench_cluster[-<skew>]")
+    ap.add_argument("--skew", choices=["zipf", "uniform", "family"], default="zipf", help="identity-size distribution")
+    ap.add_argument("--giants", default="", help="shares of single giant identities, e.g. 0.2,0.2")
     ap.add_argument(
         "--worker", choices=["auto", "exact", "graph", "seed", "exact-nocl", "graph-norepair"], help=argparse.SUPPRESS
     )
@@ -713,10 +742,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subset", default="", help=argparse.SUPPRESS)
     ap.add_argument("--render-only", action="store_true", help="rewrite the section from --work/results.json")
     args = ap.parse_args(argv)
+    if args.work is None:
+        tag = (
+            ""
+            if args.skew == "zipf" and not args.giants
+            else f"-{args.skew}" + (f"-g{args.giants}" if args.giants else "")
+        )
+        args.work = str(REPO / "work" / f"bench_cluster{tag}")
     if args.worker:
         return worker(args)
     if args.render_only:
-        write_section(args.out, render(json.loads((Path(args.work) / "results.json").read_text())))
+        saved = json.loads((Path(args.work) / "results.json").read_text())
+        write_section(args.out, render(saved), section_title(saved.get("skew", "zipf"), saved.get("giants", "")))
         return 0
 
     sizes = sorted(int(float(s)) for s in args.sizes.split(",") if s.strip())
@@ -728,6 +765,8 @@ def main(argv: list[str] | None = None) -> int:
         "threshold": args.threshold,
         "data_seed": args.data_seed,
         "seed_max": args.seed_max,
+        "skew": args.skew,
+        "giants": args.giants,
         "sizes": [],
     }
     raw = Path(args.work) / "results.json"
@@ -735,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def flush() -> None:
         raw.write_text(json.dumps(_jsonable(results), indent=1))
-        write_section(args.out, render(results))
+        write_section(args.out, render(results), section_title(args.skew, args.giants))
 
     def on_term(signum, frame) -> None:
         raise KeyboardInterrupt

@@ -1,5 +1,6 @@
 # dedup: listing + face table -> byte-identical and visual near-duplicate groups
-# Per-photo hashes are cached under {WORK}/cache/dedup (not an output): a rerun hashes new photos only.
+# Per-photo hashes and pair verdicts are cached under {WORK}/cache/dedup (not an output): a rerun hashes
+# new photos and verifies new pairs only.
 rule dedup:
     input:
         faces=f"{WORK}/sources/{{source}}/faces.parquet",
