@@ -258,8 +258,10 @@ class _Applier:
             if ref in v.retired:
                 raise DecisionError(f"{d.where}: {what} {ref} was merged into {v.resolve(ref)} earlier in the file")
             raise DecisionError(f"{d.where}: {what} {ref}: the library has no identity with that number")
-        hit = [i for i in v.identities.values() if i.name == ref]
-        if hit:
+        hit = sorted(
+            (i for i in v.identities.values() if i.name == ref), key=lambda i: (i.number not in self.named, i.number)
+        )
+        if hit:  # a name a decision gave wins over the same name the workflow gave later
             return hit[0]
         gone = [n for n, name in v.retired_names.items() if name == ref]
         if gone:
@@ -528,6 +530,9 @@ def curate(
     keep_member_crops(ledger, swap_ready)
     view = apply(ledger, decisions)
     ledger.curation["reserved"] = view.reserved
+    found = {i.number: i.name for i in ledger.identities}
+    # decided names, for readers of the ledger that look identities up by name (eras.identities)
+    ledger.curation["names"] = {str(n): i.name for n, i in view.identities.items() if found.get(n, i.name) != i.name}
     ledger.curation["decisions"] = {
         "file": str(decisions_path) if decisions_path else None,
         "sha256": digest(decisions_path),

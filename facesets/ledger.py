@@ -88,8 +88,11 @@ class Ledger:
         raise KeyError(number)
 
     def by_name(self, name: str) -> Identity | None:
-        """The identity called ``name`` now, else the one that was called so before (aliases)."""
+        """The identity called ``name`` now, else the one a ``name`` decision calls so (curation
+        names, facesets.decisions), else the one that was called so before (aliases)."""
         hit = next((i for i in self.identities if i.name == name), None)
+        decided = next((int(n) for n, v in self.curation.get("names", {}).items() if v == name), None)
+        hit = hit or next((i for i in self.identities if i.number == decided), None)
         return hit or next((i for i in self.identities if name in i.aliases), None)
 
     def by_label(self, label: str) -> Identity | None:

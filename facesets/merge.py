@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from facesets import crossdedup as X
+from facesets import decisions as D
 from facesets import ledger as L
 from facesets.atomic import TMP_PREFIX, write_json, write_text
 from facesets.dedup import DedupOptions
@@ -54,6 +55,7 @@ class MergeSettings:
     min_faces: Mapping[str, int] = field(default_factory=dict)
     dedup: DedupOptions = field(default_factory=DedupOptions)  # near-duplicate faces across sources
     lock_timeout: float = 3600.0  # seconds a second writer waits for the library lock, then stops
+    decisions: Path | None = None  # the curation decisions file (facesets.decisions); None: no decisions
 
 
 @dataclass(frozen=True)
@@ -541,11 +543,16 @@ def _merge_locked(
     ledger_path, manifest_path = swap_ready / LEDGER, swap_ready / MANIFEST
     ledger = L.load(ledger_path)
     changes = merge_batches(ledger, batches, face_tables, settings, parents, swap_ready)
+    # Curation (facesets.decisions): the ledger stays as found; the library is built from the
+    # decided view of it. Stops naming the decisions file and line before anything is built.
+    view = D.curate(ledger, [(b.source, b.export_dir, b.manifest) for b in batches], swap_ready, settings.decisions)
+    built = replace(ledger, identities=view.library())
     # New members' crops are copied from the exports now (later exports renumber their files).
-    rebuilt = [i.name for i in ledger.identities if build_identity(i, swap_ready, settings.top_n)]
-    for stale in stale_folders(ledger, swap_ready):  # renamed, or moved in or out of _thin/
+    rebuilt = [i.name for i in built.identities if build_identity(i, swap_ready, settings.top_n)]
+    for stale in stale_folders(built, swap_ready):  # renamed, or moved in or out of _thin/
         shutil.rmtree(stale)
-    manifest = canonical_manifest(ledger, settings.top_n)
+    D.prune(swap_ready, built.identities, identity_dir)  # merged, hidden, split-off, rejected: gone
+    manifest = {**canonical_manifest(built, settings.top_n), **D.manifest_extra(view, ledger, settings.top_n)}
     new_ledger = L.to_json(ledger)
     old_ledger = json.loads(ledger_path.read_text(encoding="utf-8")) if ledger_path.exists() else None
     old_manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else None

@@ -169,6 +169,12 @@ def all_exports():
     return expand(f"{OUTPUT}/export/{{source}}", source=source_names())
 
 
+def decisions_input():
+    """The curation decisions file (config `decisions`) as an input of manifest-merge, when it exists:
+    creating, changing or deleting it reruns the merge (facesets/decisions.py)."""
+    return [config["decisions"]] if os.path.exists(config["decisions"]) else []
+
+
 def all_eras():
     """The era splits of config eras.identities (rules/era.smk): {output}/eras/<identity>/."""
     return expand(f"{OUTPUT}/eras/{{identity}}", identity=config["eras"]["identities"])

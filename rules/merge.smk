@@ -8,6 +8,7 @@ rule manifest_merge:
         exports=all_exports(),
         eras=all_eras(),
         faces=all_face_tables(),
+        decisions=decisions_input(),
     output:
         manifest=update(f"{OUTPUT}/facesets_swap_ready/manifest.json"),
         ledger=update(f"{OUTPUT}/facesets_swap_ready/ledger.json"),
@@ -24,6 +25,7 @@ rule manifest_merge:
             f"--min-faces {s.name}={s.settings['refine']['min_faces']}" for s in WF.sources
         ),
         dedup=json.dumps(config["dedup"], sort_keys=True),
+        decisions=config["decisions"],
     log:
         f"{WORK}/logs/manifest_merge.log",
     conda:
@@ -31,4 +33,5 @@ rule manifest_merge:
     shell:
         "facesets manifest-merge {params.swap_ready:q} {params.exports} {params.eras} {params.faces}"
         " {params.min_faces} --dedup-settings {params.dedup:q} --lock-timeout {params.lock_timeout}"
+        " --decisions {params.decisions:q}"
         " --top-n {params.top_n} --backups {params.backups} 2> {log:q}"

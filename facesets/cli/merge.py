@@ -23,7 +23,12 @@ def cmd_manifest_merge(args: argparse.Namespace) -> int:
     known = set(DedupOptions.__dataclass_fields__) - {"workers"}
     opts = DedupOptions(**{k: v for k, v in dedup.items() if k in known})
     settings = MergeSettings(
-        top_n=args.top_n, backups=args.backups, min_faces=min_faces, dedup=opts, lock_timeout=args.lock_timeout
+        top_n=args.top_n,
+        backups=args.backups,
+        min_faces=min_faces,
+        dedup=opts,
+        lock_timeout=args.lock_timeout,
+        decisions=Path(args.decisions) if args.decisions else None,
     )
     summary = run_merge(
         pairs(args.export, "--export"),
@@ -53,4 +58,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     m.add_argument("--dedup-settings", help="JSON of the `dedup` config section (near-duplicates across sources)")
     m.add_argument("--lock-timeout", type=float, default=3600.0, help="seconds to wait for another merge")
+    m.add_argument("--decisions", help="curation decisions file (config key `decisions`); a missing file: none")
     m.set_defaults(func=cmd_manifest_merge)

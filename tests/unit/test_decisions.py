@@ -279,3 +279,48 @@ def test_a_candidate_from_a_photo_the_identity_has_is_not_offered(ledger):
     ledger.curation["candidates"][key("b1", 3)] = {"identity": 2, "distance": 0.3, "score": 0.9}
     v = D.apply(ledger, [])
     assert [c["face_key"] for c in v.candidates[2]] == [key("x1")]
+
+
+# ---------------------------------------------------------------------------- the merge's side
+
+
+def test_curate_keeps_crops_records_and_prune_follows_the_view(tmp_path, ledger):
+    lib, export = tmp_path / "lib", tmp_path / "export"
+    export.mkdir()
+    for ident in ledger.identities:
+        for k, m in ident.members.items():
+            (export / f"{k}.png").write_bytes(k.encode())
+            m.crop = str(export / f"{k}.png")  # a new member points at its export
+    (export / "cand.png").write_bytes(b"candidate")
+    ledger.curation = {}
+    ledger.batches = {"s": {"entries": {"set_b": 2}}}
+    manifest = {
+        "candidates": [{"face_key": key("x1"), "file": "cand.png", "nearest": "set_b", "sha256": "x1sha", "score": 0.7}]
+    }
+    f = tmp_path / "decisions.yaml"
+    f.write_text(text("{action: name, identity: 1, name: alice}", "{action: hide, identity: 3}"))
+    view = D.curate(ledger, [("s", export, manifest)], lib, f)
+    assert (lib / ".faces" / f"{key('x1')}.png").read_bytes() == b"candidate"
+    assert all(
+        m.crop == f".faces/{k}.png" and (lib / m.crop).read_bytes() == k.encode()
+        for i in ledger.identities
+        for k, m in i.members.items()
+    )
+    assert ledger.by_number(1).name == "faceset_001" and ledger.curation["names"] == {"1": "alice"}
+    assert ledger.by_name("alice") is ledger.by_number(1)  # eras.identities may use a decided name
+    assert [r["line"] for r in ledger.curation["decisions"]["applied"]] == [3, 4]
+    assert view.candidates[2][0]["face_key"] == key("x1")
+    # folders as a build would leave them: one stale (renamed), one hidden, one crop too many
+    built = view.library()
+    for name in ("faceset_001", "faceset_003", "alice", "faceset_002"):
+        (lib / name / "crops").mkdir(parents=True)
+        (lib / name / "manifest.json").write_text('{"number": 0}')
+    for ident in built:
+        for k in ident.members:
+            (lib / ident.name / "crops" / f"{k}.png").write_bytes(k.encode())
+    (lib / "faceset_002" / "crops" / f"{key('zz')}.png").write_bytes(b"old")
+    removed = D.prune(lib, built, lambda i: i.name)
+    assert sorted(removed) == ["faceset_001", "faceset_003"]
+    assert {p.stem for p in (lib / "faceset_002" / "crops").glob("*.png")} == set(ledger.by_number(2).members)
+    k = key("b1")
+    assert (lib / "faceset_002" / "crops" / f"{k}.png").samefile(lib / ".faces" / f"{k}.png")  # linked, not copied
