@@ -42,6 +42,7 @@ from facesets.synth import synthetic_faces  # noqa: E402
 
 SECTION = "## identity recall: seed's HAC vs graph-context clustering (issue 17)"
 PRECISIONS = (0.99, 0.98, 0.95)
+PROFILE_CUT = 0.52  # facesets/thresholds.py SFACE.cluster
 IDLE_HAC_1E5 = 24.7  # s, ours (auto) at 1e5 faces in the cluster engine section of docs/benchmarks.md
 
 
@@ -209,8 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     targets: list[str] = []
     root = Path(args.real)
     if (root / "labels.csv").exists():
+        embed_s = {}
         for flip in (False, True):
             d = embed_real_set(root, Path(args.model_dir), flip)
+            embed_s[flip] = float(d["seconds"])
             truth, scored = d["label"], d["label"] != ""
             n_id = len(set(truth[scored].tolist()))
             tag = "flip TTA" if flip else "plain"
@@ -224,6 +227,15 @@ def main(argv: list[str] | None = None) -> int:
             ]
             curves = {m: sweep(m, d["keys"], d["emb"], d["photo"], truth, scored, thresholds) for m in methods}
             out += [*summary_table(curves), "", *curve_table(curves)]
+            if not flip and "context" in curves:
+                prof = min(curves["hac"], key=lambda r: abs(r["t"] - PROFILE_CUT))
+                i = curves["hac"].index(prof)
+                ctx = curves["context"][i]
+                targets.append(
+                    f"- real set at the SFace profile cut {prof['t']:.2f} (what a user gets): HAC P {prof['P']:.3f} "
+                    f"R {prof['R']:.3f}, context P {ctx['P']:.3f} R {ctx['R']:.3f} "
+                    f"({ctx['R'] / max(prof['R'], 1e-9):.2f}x)"
+                )
             h, c = best_at(curves["hac"], 0.99), best_at(curves.get("context", []), 0.99)
             if h and c:
                 targets.append(
@@ -233,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"{1 / h['R']:.2f}x, recall 1)"
                 )
             print(f"real set ({tag}) done", flush=True)
+        targets.append(
+            f"- embed cost of flip TTA: {embed_s[True] / embed_s[False]:.2f}x today's embed (the same photos, "
+            "decode + detect + align + recognizer, embedded one after the other when the cache was built; "
+            "the recognizer runs twice per face)"
+        )
     else:
         out += ["", f"(real set not found at {root}: run benchmarks/build_real_set.py)"]
     op = float(args.synth_threshold)
@@ -275,7 +292,22 @@ def main(argv: list[str] | None = None) -> int:
             f"and after), ratio {c / h:.2f}; at the cluster benchmark's idle HAC time ({IDLE_HAC_1E5} s) that is "
             f"~{est:.0f} s: {'PASS' if est < 60 else 'FAIL'} (estimate from the ratio; the machine was loaded)"
         )
-    out[6:6] = ["", "Targets:", "", *targets] if targets else []
+    notes = [
+        "",
+        "Notes:",
+        "",
+        "- `context` = facesets/graph_cluster.py: each face averaged with up to 5 nearest faces closer than 0.55 "
+        "(never of its own photo), the seed's HAC on those vectors, then a face left alone joins its nearest "
+        "neighbour's cluster when that neighbour is closer than the cut + 0.06 and at most 0.9x as far as any "
+        "other cluster. `context-noattach` = without the last pass. `hac` = `clustering.cluster_faces` (auto).",
+        "- The real set is easier than the one the issue quotes (HAC R 0.47 at P 0.99): here HAC already reaches "
+        "R 0.92 at P ≥ 0.99, so no method can reach 1.25x (the ceiling is 1/R_HAC). The misses left are web "
+        "photos decades apart and profiles whose nearest labelled face is 0.59-0.73 away, where strangers start "
+        "(nearest different-identity pairs ~0.64).",
+        "- On the synthetic library context trades some precision for recall at one cut (see the operating-cut "
+        "lines); the sweep tables give the comparison at equal precision.",
+    ]
+    out[6:6] = (["", "Targets:", "", *targets] if targets else []) + notes
     text = "\n".join(out) + "\n"
     if args.write:
         report.write_section(Path(args.write), SECTION, text, "# Benchmarks\n")

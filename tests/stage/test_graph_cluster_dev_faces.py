@@ -65,3 +65,23 @@ def test_context_on_dev_faces(dev_set):
     assert p == 1.0, "a stranger was put with a labelled person"
     assert p >= p_h and r >= r_h
     assert r == 1.0  # dev-faces' people (obama across photos and resolutions, biden, kit, rose...) are found whole
+
+
+def test_flip_tta_has_its_own_store_key(dev_faces, model_dir, opencv_analyzer):
+    # flip TTA changes embeddings, so it must change the model id (the face-store key); off, the
+    # id is the default analyzer's, so existing stores stay valid
+    from facesets.analyzers.opencv import OpenCVAnalyzer
+    from facesets.models import ensure_opencv_models
+
+    paths = ensure_opencv_models(model_dir)
+    det, rec = paths["face_detection_yunet_2023mar.onnx"], paths["face_recognition_sface_2021dec.onnx"]
+    off, on = OpenCVAnalyzer(det, rec), OpenCVAnalyzer(det, rec, flip_tta=True)
+    assert off.model_id == opencv_analyzer.model_id
+    assert on.model_id != off.model_id and on.model_id.startswith("opencv-yunet-sface")
+    path = dev_faces / "train" / "biden" / "biden2.jpg"
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    opts = build(EmbedOptions, "embed")
+    a = next(f for f in analyze_image(str(path), sha, off, opts)[0] if f["status"] == "faces")["embedding"]
+    b = next(f for f in analyze_image(str(path), sha, on, opts)[0] if f["status"] == "faces")["embedding"]
+    assert abs(float(np.linalg.norm(b)) - 1.0) < 1e-5
+    assert 0.8 < float(a @ b) < 0.99999  # the same face, a different vector
