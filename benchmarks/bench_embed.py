@@ -46,6 +46,7 @@ from facesets.analyzers import create_analyzer
 from facesets.config import load_schema, validate
 from facesets.embed import EmbedOptions, analyze_image, embed_listing
 from facesets.listing import group, scan
+from facesets.options import build
 from facesets.store import FaceStore
 
 SECTION = "## embed (opencv backend): ours vs naive baseline"
@@ -482,13 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         settings["det_size"] = args.det_size
     args.det_size = settings["det_size"]
     analyzer = create_analyzer("opencv", settings, model_dir=args.model_dir)
-    opts = EmbedOptions(
-        det_size=settings["det_size"],
-        min_face=settings["min_face"],
-        max_pixels=settings["max_pixels"],
-        batch_images=settings["batch_images"],
-        workers=args.workers,
-    )
+    opts = build(EmbedOptions, "embed", settings, workers=args.workers)
     # Warm up both code paths once (ONNX Runtime allocates on the first run), untimed.
     warm = str(files[-1].resolve())
     rgb = imageio.decode(warm).rgb

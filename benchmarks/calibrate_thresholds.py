@@ -19,6 +19,7 @@ from facesets.config import load_schema, validate
 from facesets.embed import EmbedOptions, embed_listing
 from facesets.listing import stage_source
 from facesets.metrics import pairwise_prf
+from facesets.options import build
 from facesets.store import FaceStore
 
 
@@ -28,7 +29,14 @@ def labelled_faces(dev: Path, model_dir: Path) -> tuple[np.ndarray, np.ndarray, 
     with tempfile.TemporaryDirectory() as tmp:
         listing = stage_source("dev", dev, ["**/*.jpg", "**/*.jpeg", "**/*.png"], [], Path(tmp) / "l.parquet")
         out = Path(tmp) / "faces.parquet"
-        embed_listing(listing, analyzer, FaceStore(Path(tmp) / "store", analyzer.model_id), EmbedOptions(), out, True)
+        embed_listing(
+            listing,
+            analyzer,
+            FaceStore(Path(tmp) / "store", analyzer.model_id),
+            build(EmbedOptions, "embed"),
+            out,
+            True,
+        )
         faces = schema.read_table(out)
     names, emb, keys, photos = [], [], [], []
     for row in pd.read_csv(dev / "labels.csv").itertuples():

@@ -27,6 +27,7 @@ from facesets import diskfull, imageio, schema
 from facesets.analyzers.base import Analyzer
 from facesets.atomic import write_json
 from facesets.listing import retry_path
+from facesets.options import threads
 from facesets.progress import Progress
 from facesets.store import FaceStore
 
@@ -37,11 +38,13 @@ ALIGN_MIN_FACE = 112  # px: faces smaller than this in the detection copy get a 
 
 @dataclass(frozen=True)
 class EmbedOptions:
-    det_size: int = 640
-    min_face: int = 16
-    max_pixels: int = 250_000_000
-    batch_images: int = 32
-    workers: int = 2
+    """The ``embed`` section's settings a run needs; no defaults here: ``options.build(EmbedOptions, "embed")``."""
+
+    det_size: int
+    min_face: int
+    max_pixels: int
+    batch_images: int
+    workers: int  # 0 = the machine's threads (facesets.options.threads)
 
 
 @dataclass
@@ -210,7 +213,7 @@ def run_analysis(
     def analyze(t: Todo) -> tuple[list[dict], bool]:
         return analyze_image(t.paths, t.sha256, analyzer, opts)
 
-    with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
+    with ThreadPoolExecutor(max_workers=threads(opts.workers)) as pool:
         while pending:
             deferred: list[Todo] = []
             for chunk in _chunks(pending, opts.batch_images):

@@ -27,10 +27,11 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -39,6 +40,7 @@ import pandas as pd
 from facesets import imageio, pose, schema
 from facesets.analyzers.base import ARCFACE_TEMPLATE, settings_id, umeyama
 from facesets.embed import sidecar_paths
+from facesets.options import build, section, threads
 from facesets.segcache import SegmentCache
 from facesets.tables import one_model, read_faces, read_quality
 
@@ -52,10 +54,20 @@ DATE_TAGS = (("Exif", 0x9003), ("Exif", 0x9004), ("0th", 0x0132))  # DateTimeOri
 
 @dataclass(frozen=True)
 class EnrichOptions:
-    workers: int = 2
-    batch_faces: int = 512
-    landmarks: bool = True  # insightface backend: run the pack's landmark models
-    max_pixels: int = 250_000_000
+    """What an enrich run needs; no defaults here: ``enrich_options`` fills them from the schema."""
+
+    workers: int  # 0 = the machine's threads (facesets.options.threads)
+    batch_faces: int
+    landmarks: bool  # insightface backend: run the pack's landmark models
+    max_pixels: int  # the embed section's decompression-bomb guard: enrich re-reads the same photos
+
+
+def enrich_options(
+    enrich: Mapping[str, Any] | None = None, embed: Mapping[str, Any] | None = None, **override: Any
+) -> EnrichOptions:
+    """Options from an ``enrich`` section and the ``embed`` section's ``max_pixels`` (both with
+    the schema's defaults filled in); ``override`` sets fields the caller resolved."""
+    return build(EnrichOptions, "enrich", enrich, **{"max_pixels": section("embed", embed)["max_pixels"], **override})
 
 
 @dataclass
@@ -263,8 +275,8 @@ def make_landmarker(model_id: str, opts: EnrichOptions, insightface_settings: di
         return None
     from facesets.analyzers.landmarks import InsightFaceLandmarks
 
-    s = insightface_settings or {}
-    lm = InsightFaceLandmarks(s.get("pack", "buffalo_l"), s.get("root", "~/.insightface"), providers)
+    s = section("embed", {"insightface": dict(insightface_settings or {})})["insightface"]
+    lm = InsightFaceLandmarks(s["pack"], s["root"], providers)
     return lm if lm.available else None
 
 
@@ -298,9 +310,10 @@ def enrich_table(
     computed: list[dict] = []
     batch: list[dict] = []
     cv2.setNumThreads(1)
-    with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
+    workers = threads(opts.workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         for rows, cacheable in _windowed(
-            pool, lambda j: enrich_photo(j, landmarker, opts), jobs, ahead=max(2, opts.workers * 4)
+            pool, lambda j: enrich_photo(j, landmarker, opts), jobs, ahead=max(2, workers * 4)
         ):
             computed.extend(rows)
             stats.photos_read += int(cacheable)

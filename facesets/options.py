@@ -7,6 +7,7 @@ default is written once (tests/unit/test_layout.py checks that no dataclass repe
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any, TypeVar
@@ -26,3 +27,9 @@ def build(cls: type[T], name: str, values: Mapping[str, Any] | None = None, **ov
     does not hold or that the caller resolved (e.g. a distance from the model profile)."""
     s = {**section(name, values), **override}
     return cls(**{f.name: s[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+
+
+def threads(workers: int) -> int:
+    """A ``workers`` setting as a thread count: 0 (the schema's "the job's threads") = the
+    machine's threads; a Snakemake job passes its own ``--workers {threads}``."""
+    return workers if workers > 0 else (os.cpu_count() or 1)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from facesets.cli.common import log, providers_arg, section_settings
 from facesets.config import load_schema
+from facesets.options import build
 
 
 def embed_settings(args: argparse.Namespace) -> dict:
@@ -64,17 +65,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir or faces_path.parent / "models")
     analyzer = create_analyzer(args.backend, settings, providers=args.providers.split(","), model_dir=model_dir)
     store = FaceStore(Path(args.store or faces_path.parent / "store"), analyzer.model_id)
-    workers = settings["workers"] or (os.cpu_count() or 1)
-    opts = EmbedOptions(
-        det_size=settings["det_size"],
-        min_face=settings["min_face"],
-        max_pixels=settings["max_pixels"],
-        batch_images=settings["batch_images"],
-        workers=workers,
-    )
+    opts = build(EmbedOptions, "embed", settings)
     echo = _console(args.progress_fd)
     stats = embed_listing(
-        listing, analyzer, store, opts, faces_path, plain_progress=args.plain_progress, locate=locate, progress_echo=echo
+        listing,
+        analyzer,
+        store,
+        opts,
+        faces_path,
+        plain_progress=args.plain_progress,
+        locate=locate,
+        progress_echo=echo,
     )
     print(json.dumps(stats.__dict__))
     return 0

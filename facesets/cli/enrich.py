@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from facesets.cli.common import beside, providers_arg, section_settings
 
 
 def cmd_enrich(args: argparse.Namespace) -> int:
-    from facesets.enrich import EnrichOptions, enrich_table
+    from facesets.enrich import enrich_options, enrich_table
 
     settings = section_settings(args, "enrich", ("workers", "batch_faces"))
     embed = section_settings(args, "embed", ())
-    opts = EnrichOptions(
-        workers=settings["workers"] or (os.cpu_count() or 1),
-        batch_faces=settings["batch_faces"],
-        landmarks=settings["landmarks"] and not args.no_landmarks,
-        max_pixels=embed["max_pixels"],
-    )
+    opts = enrich_options(settings, embed, landmarks=settings["landmarks"] and not args.no_landmarks)
     faces_path = Path(args.faces)
     stats = enrich_table(
         faces_path,

@@ -26,6 +26,7 @@ from facesets import imageio, schema
 from facesets.config import load_schema, validate
 from facesets.embed import EmbedOptions, embed_listing, sidecar_paths
 from facesets.listing import stage_source
+from facesets.options import build
 from facesets.store import FaceStore
 from tests.support.corpus import (
     HUGE_SIDE_JPEG,
@@ -98,14 +99,7 @@ def analyzer():
 
 
 def _embed(listing: pd.DataFrame, analyzer, out: Path):
-    settings = _section("embed")
-    opts = EmbedOptions(
-        det_size=settings["det_size"],
-        min_face=settings["min_face"],
-        max_pixels=settings["max_pixels"],
-        batch_images=8,
-        workers=2,
-    )
+    opts = build(EmbedOptions, "embed", {"batch_images": 8, "workers": 2})
     faces_out = out / "faces.parquet"
     stats = embed_listing(listing, analyzer, FaceStore(out / "store", analyzer.model_id), opts, faces_out, True)
     images_out, _ = sidecar_paths(faces_out)

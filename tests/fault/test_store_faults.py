@@ -29,6 +29,7 @@ from PIL import Image, ImageFile
 from facesets import imageio, schema
 from facesets.embed import EmbedOptions, analyze_image, embed_listing, run_analysis, sidecar_paths
 from facesets.listing import retry_path, retry_requests, retry_token, stage_source, walk
+from facesets.options import build
 from facesets.store import FaceStore
 
 pytestmark = pytest.mark.slow
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.slow
 
 
 def _opts(**kw) -> EmbedOptions:
-    return EmbedOptions(**{"batch_images": 4, "workers": 2, **kw})
+    return build(EmbedOptions, "embed", {"batch_images": 4, "workers": 2, **kw})
 
 
 def _library(demo_photos: Path, root: Path, n: int = 6) -> list[Path]:
@@ -402,7 +403,9 @@ def test_a_kill_redoes_at_most_one_batch(tmp_path, batch, workers):
     store = FaceStore(tmp_path / "store", "counting")
     todo = _tiny_photos(tmp_path / "p", 30)
     an = _CountingAnalyzer(store)
-    transient, analyzed = run_analysis(todo, an, store, EmbedOptions(batch_images=batch, workers=workers))
+    transient, analyzed = run_analysis(
+        todo, an, store, build(EmbedOptions, "embed", {"batch_images": batch, "workers": workers})
+    )
     assert not transient and analyzed == 30 and len(store.done()) == 30
     assert max(an.redo) == min(batch, 30)  # the bound the README states is reached and never passed
 
@@ -420,9 +423,10 @@ def test_claims_split_work_and_take_over_dead_holders(tmp_path):
     (claims_dir / todo[0][1]).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout)}))
     a, b = _CountingAnalyzer(store, 0.02), _CountingAnalyzer(store, 0.02)
     results: dict = {}
+    opts = build(EmbedOptions, "embed", {"batch_images": 3, "workers": 2})  # built once: both start together
 
     def go(name, an):
-        results[name] = run_analysis(todo, an, store, EmbedOptions(batch_images=3, workers=2), poll_s=0.05)
+        results[name] = run_analysis(todo, an, store, opts, poll_s=0.05)
 
     threads = [threading.Thread(target=go, args=(n, an)) for n, an in (("a", a), ("b", b))]
     t0 = time.monotonic()
@@ -442,14 +446,14 @@ def test_claims_of_a_killed_writer_on_stored_photos_are_swept(tmp_path):
     """A kill between writing a segment and removing its claims leaves claims on stored photos."""
     store = FaceStore(tmp_path / "store", "counting")
     todo = _tiny_photos(tmp_path / "p", 6)
-    run_analysis(todo, _CountingAnalyzer(store), store, EmbedOptions(batch_images=3, workers=1))
+    run_analysis(todo, _CountingAnalyzer(store), store, build(EmbedOptions, "embed", {"batch_images": 3, "workers": 1}))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     claims_dir = store.dir / "claims"
     for _, sha in todo[:3]:
         (claims_dir / sha).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout)}))
     (claims_dir / ("f" * 64)).write_text(json.dumps({"host": "elsewhere", "pid": 1}))  # live, not ours
     an = _CountingAnalyzer(store)
-    assert run_analysis(todo, an, store, EmbedOptions(batch_images=3, workers=1)) == ([], 0)
+    assert run_analysis(todo, an, store, build(EmbedOptions, "embed", {"batch_images": 3, "workers": 1})) == ([], 0)
     assert [p.name for p in claims_dir.iterdir()] == ["f" * 64]
 
 

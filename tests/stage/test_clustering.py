@@ -218,12 +218,18 @@ def test_exact_path_equals_textbook_hac_on_real_faces(demo_photos, tmp_path, ope
     from facesets import schema
     from facesets.embed import EmbedOptions, embed_listing
     from facesets.listing import stage_source
+    from facesets.options import build
     from facesets.store import FaceStore
 
     listing = stage_source("demo", demo_photos, ["**/*.jpg", "**/*.png"], [], tmp_path / "l.parquet")
     out = tmp_path / "faces.parquet"
     embed_listing(
-        listing, opencv_analyzer, FaceStore(tmp_path / "store", opencv_analyzer.model_id), EmbedOptions(), out, True
+        listing,
+        opencv_analyzer,
+        FaceStore(tmp_path / "store", opencv_analyzer.model_id),
+        build(EmbedOptions, "embed"),
+        out,
+        True,
     )
     faces = schema.read_table(out)
     assert len(faces) > 150

@@ -7,6 +7,7 @@ import pytest
 from facesets import schema
 from facesets.embed import EmbedOptions, embed_listing, sidecar_paths
 from facesets.listing import stage_source
+from facesets.options import build
 from facesets.store import FaceStore
 
 pytestmark = pytest.mark.slow
@@ -19,7 +20,12 @@ def dev_tables(dev_faces, tmp_path_factory, opencv_analyzer):
     listing = stage_source("dev", dev_faces, ["**/*.jpg", "**/*.jpeg", "**/*.png"], [], tmp / "listing.parquet")
     out = tmp / "faces.parquet"
     embed_listing(
-        listing, opencv_analyzer, FaceStore(tmp / "store", opencv_analyzer.model_id), EmbedOptions(), out, True
+        listing,
+        opencv_analyzer,
+        FaceStore(tmp / "store", opencv_analyzer.model_id),
+        build(EmbedOptions, "embed"),
+        out,
+        True,
     )
     return listing, schema.read_table(out), schema.read_table(sidecar_paths(out)[0])
 

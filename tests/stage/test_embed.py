@@ -8,6 +8,7 @@ import pandas as pd
 from facesets import schema
 from facesets.embed import EmbedOptions, embed_listing, sidecar_paths
 from facesets.listing import stage_source
+from facesets.options import build
 from facesets.store import FaceStore
 
 INC, EXC = ["**/*.jpg", "**/*.png"], []
@@ -17,7 +18,12 @@ def _embed(root, name, tmp, analyzer, store_root, listing=None):
     listing = listing if listing is not None else stage_source(name, root, INC, EXC, tmp / f"{name}.listing.parquet")
     out = tmp / name / "faces.parquet"
     stats = embed_listing(
-        listing, analyzer, FaceStore(store_root, analyzer.model_id), EmbedOptions(batch_images=4), out, True
+        listing,
+        analyzer,
+        FaceStore(store_root, analyzer.model_id),
+        build(EmbedOptions, "embed", {"batch_images": 4}),
+        out,
+        True,
     )
     return stats, schema.read_table(out), schema.read_table(sidecar_paths(out)[0])
 
@@ -101,7 +107,7 @@ def test_sharded_embedding_merges_to_the_single_job_table(sample_photos, tmp_pat
             part,
             opencv_analyzer,
             FaceStore(tmp_path / f"st-shard{i}", opencv_analyzer.model_id),
-            EmbedOptions(batch_images=2),
+            build(EmbedOptions, "embed", {"batch_images": 2}),
             out,
             True,
         )

@@ -20,8 +20,8 @@ from facesets import pose, schema
 from facesets.analyzers.base import ARCFACE_TEMPLATE
 from facesets.embed import EmbedOptions, embed_listing
 from facesets.enrich import (
-    EnrichOptions,
     aligned_face,
+    enrich_options,
     enrich_table,
     laplacian_variance,
     load_quality,
@@ -29,6 +29,7 @@ from facesets.enrich import (
     year_of,
 )
 from facesets.listing import group, scan
+from facesets.options import build
 from facesets.store import FaceStore
 from tests.conftest import REPO, VENV_BIN
 
@@ -203,7 +204,13 @@ def _embed(photos: Path, out: Path, analyzer, source: str = "photos") -> Path:
         scan(photos, load_schema("config")["properties"]["stage"]["properties"]["include"]["default"], []), source
     )
     faces = out / "faces.parquet"
-    embed_listing(listing, analyzer, FaceStore(out / "store", analyzer.model_id), EmbedOptions(workers=2), faces)
+    embed_listing(
+        listing,
+        analyzer,
+        FaceStore(out / "store", analyzer.model_id),
+        build(EmbedOptions, "embed", {"workers": 2}),
+        faces,
+    )
     return faces
 
 
@@ -224,7 +231,7 @@ def photos(demo_photos, tmp_path) -> Path:
 def test_quality_table_contract(photos, tmp_path, opencv_analyzer):
     faces_path = _embed(photos, tmp_path / "w", opencv_analyzer)
     out = tmp_path / "w" / "quality.parquet"
-    stats = enrich_table(faces_path, out, tmp_path / "cache", EnrichOptions(workers=2))
+    stats = enrich_table(faces_path, out, tmp_path / "cache", enrich_options({"workers": 2}))
     faces = schema.read_table(faces_path)
     table = schema.read_table(out)
     assert list(table.columns) == schema.QUALITY.names
@@ -256,7 +263,7 @@ def test_capture_time_of_the_image_records_is_reused(photos, tmp_path, opencv_an
     images["capture_time"] = "2001-01-01T00:00:00"
     edited = tmp_path / "images.parquet"
     schema.write_table(images, schema.IMAGES, edited)
-    enrich_table(faces_path, tmp_path / "q.parquet", tmp_path / "cache", EnrichOptions(), images_path=edited)
+    enrich_table(faces_path, tmp_path / "q.parquet", tmp_path / "cache", enrich_options(), images_path=edited)
     assert (schema.read_table(tmp_path / "q.parquet")["exif_year"] == 2001).all()
 
 
@@ -264,12 +271,12 @@ def test_rerun_computes_only_missing_rows(photos, demo_photos, tmp_path, opencv_
     work = tmp_path / "w"
     faces_path = _embed(photos, work, opencv_analyzer)
     cache = tmp_path / "cache"
-    first = enrich_table(faces_path, work / "quality.parquet", cache, EnrichOptions(batch_faces=4))
+    first = enrich_table(faces_path, work / "quality.parquet", cache, enrich_options({"batch_faces": 4}))
     n0 = first.faces
     assert first.computed == n0 and first.cached == 0
     before = load_quality(work / "quality.parquet")
 
-    again = enrich_table(faces_path, work / "quality.parquet", cache, EnrichOptions())
+    again = enrich_table(faces_path, work / "quality.parquet", cache, enrich_options())
     assert again.computed == 0 and again.cached == n0 and again.photos_read == 0
     pd.testing.assert_frame_equal(load_quality(work / "quality.parquet"), before)
 
@@ -277,7 +284,7 @@ def test_rerun_computes_only_missing_rows(photos, demo_photos, tmp_path, opencv_
         shutil.copy(p, photos / p.name)
     faces_path = _embed(photos, work, opencv_analyzer)
     n1 = len(schema.read_table(faces_path))
-    third = enrich_table(faces_path, work / "quality.parquet", cache, EnrichOptions())
+    third = enrich_table(faces_path, work / "quality.parquet", cache, enrich_options())
     assert n1 > n0 and third.computed == n1 - n0 and third.cached == n0 and third.photos_read == 3
     after = load_quality(work / "quality.parquet")
     pd.testing.assert_frame_equal(after.loc[before.index], before)
@@ -288,13 +295,13 @@ def test_unreadable_photo_is_not_cached_and_retried(photos, tmp_path, opencv_ana
     faces_path = _embed(photos, work, opencv_analyzer)
     moved = tmp_path / "moved.jpg"
     shutil.move(photos / "group.jpg", moved)
-    first = enrich_table(faces_path, work / "quality.parquet", tmp_path / "cache", EnrichOptions())
+    first = enrich_table(faces_path, work / "quality.parquet", tmp_path / "cache", enrich_options())
     q = load_quality(work / "quality.parquet")
     lost = schema.read_table(faces_path).query("path.str.endswith('group.jpg')")["face_key"]
     assert first.unreadable == len(lost) == 6
     assert q.loc[lost, "blur"].isna().all() and q.loc[lost, "yaw"].notna().all()
     shutil.move(moved, photos / "group.jpg")
-    second = enrich_table(faces_path, work / "quality.parquet", tmp_path / "cache", EnrichOptions())
+    second = enrich_table(faces_path, work / "quality.parquet", tmp_path / "cache", enrich_options())
     assert second.computed == 6 and second.unreadable == 0
     assert load_quality(work / "quality.parquet").loc[lost, "blur"].notna().all()
 

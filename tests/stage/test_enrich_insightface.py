@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from facesets import pose, schema
-from facesets.enrich import EnrichOptions, enrich_table, load_quality
+from facesets.enrich import enrich_options, enrich_table, load_quality
 from tests.stage.test_enrich import _embed
 from tests.support.onnx_models import IR_VERSION, OPSET, write_arcface, write_scrfd
 
@@ -100,7 +100,7 @@ def test_landmarks_and_pose_from_the_pack(pack, faces_path, tmp_path):
         faces_path,
         tmp_path / "q.parquet",
         tmp_path / "cache",
-        EnrichOptions(workers=2),
+        enrich_options({"workers": 2}),
         insightface_settings={"pack": str(pack), "root": str(tmp_path)},
     )
     q = load_quality(tmp_path / "q.parquet")
@@ -129,7 +129,7 @@ def test_pack_without_landmark_models_falls_back_to_kps5(faces_path, tmp_path):
         faces_path,
         tmp_path / "q.parquet",
         tmp_path / "cache",
-        EnrichOptions(),
+        enrich_options(),
         insightface_settings={"pack": str(bare), "root": str(tmp_path)},
     )
     q = load_quality(tmp_path / "q.parquet")
@@ -141,7 +141,7 @@ def test_landmarks_off(pack, faces_path, tmp_path):
         faces_path,
         tmp_path / "q.parquet",
         tmp_path / "cache",
-        EnrichOptions(landmarks=False),
+        enrich_options({"landmarks": False}),
         insightface_settings={"pack": str(pack), "root": str(tmp_path)},
     )
     assert (load_quality(tmp_path / "q.parquet")["pose_source"] == "kps5_pnp").all()

@@ -17,6 +17,7 @@ from facesets.cli import main
 from facesets.embed import EmbedOptions, embed_listing
 from facesets.fsz import layout_problems
 from facesets.listing import stage_source
+from facesets.options import build
 from facesets.store import FaceStore
 
 pytestmark = pytest.mark.slow
@@ -51,7 +52,7 @@ def test_era_split_exports_each_era_like_a_faceset(dev_faces, opencv_analyzer, m
     listing = stage_source("obama", photos, ["*.jpg"], [], tmp_path / "listing.parquet")
     table = tmp_path / "faces.parquet"
     store = FaceStore(tmp_path / "store", opencv_analyzer.model_id)
-    embed_listing(listing, opencv_analyzer, store, EmbedOptions(workers=2), table, True)
+    embed_listing(listing, opencv_analyzer, store, build(EmbedOptions, "embed", {"workers": 2}), table, True)
     faces = schema.read_table(table)
     obama = {
         schema.face_key(faces[faces.path == str(photos / rel.replace("/", "__"))].sha256.iloc[0], i)

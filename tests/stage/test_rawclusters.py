@@ -14,6 +14,7 @@ from facesets import thresholds
 from facesets.embed import EmbedOptions, embed_listing
 from facesets.listing import stage_source
 from facesets.metrics import pairwise_prf
+from facesets.options import build
 from facesets.rawclusters import safe_name
 from facesets.store import FaceStore
 
@@ -37,7 +38,9 @@ def test_threshold_profiles():
 def _face_table(root, tmp, analyzer):
     listing = stage_source("dev", root, ["**/*.jpg", "**/*.jpeg", "**/*.png"], [], tmp / "listing.parquet")
     out = tmp / "faces.parquet"
-    embed_listing(listing, analyzer, FaceStore(tmp / "store", analyzer.model_id), EmbedOptions(), out, True)
+    embed_listing(
+        listing, analyzer, FaceStore(tmp / "store", analyzer.model_id), build(EmbedOptions, "embed"), out, True
+    )
     return out
 
 

@@ -28,6 +28,7 @@ from PIL import Image
 from facesets import imageio, schema
 from facesets.embed import EmbedOptions, embed_listing, sidecar_paths
 from facesets.listing import stage_source
+from facesets.options import build
 from facesets.store import FaceStore
 from tests.support import onnx_models as om
 
@@ -225,7 +226,9 @@ def test_end_to_end_face_table(analyzer, tmp_path):
     assert len(listing) == 4 and listing["error"].isna().all()
     store = FaceStore(tmp_path / "store", analyzer.model_id)
     faces_out = tmp_path / "faces.parquet"
-    stats = embed_listing(listing, analyzer, store, EmbedOptions(det_size=640, workers=2), faces_out, True)
+    stats = embed_listing(
+        listing, analyzer, store, build(EmbedOptions, "embed", {"det_size": 640, "workers": 2}), faces_out, True
+    )
     assert (stats.images, stats.analyzed, stats.faces, stats.noface, stats.errors) == (4, 4, 4, 1, 0)
     assert stats.model_id == analyzer.model_id and analyzer.model_id.startswith("insightface-")
 
