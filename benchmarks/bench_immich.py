@@ -26,7 +26,7 @@ sys.path[:0] = [str(HERE), str(REPO)]
 
 import report  # noqa: E402
 from facesets.immich.client import CircuitBreaker, ClientOptions, ClientStats, ImmichClient  # noqa: E402
-from facesets.immich.stage import StageOptions, stage_immich  # noqa: E402
+from facesets.immich.stage import stage_immich, stage_options  # noqa: E402
 
 SECTION = "## immich staging: parallel workers vs one, 50 ms per request"
 HEADER = "# Benchmarks\n"
@@ -60,8 +60,9 @@ def run_once(url: str, users, workers: int, root: Path) -> tuple[float, object]:
     opts = ClientOptions(timeout_s=30, backoff_s=0.2, pool_size=max(16, 2 * workers))
     br, st = CircuitBreaker(opts.breaker_errors), ClientStats()
     clients = [ImmichClient(url, u.key, f"KEY_{u.name.upper()}", opts, br, st) for u in users]
+    sopts = stage_options("bench", {"workers": workers}, INCLUDE, EXCLUDE)  # schema check: not timed
     t0 = time.perf_counter()
-    rep = stage_immich(clients, StageOptions("bench", workers=workers, include=INCLUDE, exclude=EXCLUDE), root)
+    rep = stage_immich(clients, sopts, root)
     return time.perf_counter() - t0, rep
 
 

@@ -106,10 +106,9 @@ def store_lookup(args: argparse.Namespace) -> Callable[[str], bool]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facesets.config import load_schema
     from facesets.immich.client import CircuitBreaker, ClientOptions, ClientStats, ImmichClient
     from facesets.immich.settings import label_of, resolve_env, staging_root
-    from facesets.immich.stage import StageOptions, format_report, stage_immich
+    from facesets.immich.stage import format_report, stage_immich, stage_options
     from facesets.listing import stage_source
 
     where = f"source {args.name}"
@@ -117,17 +116,8 @@ def run(args: argparse.Namespace) -> int:
     server = resolve_env(block, where)
     label = label_of(block, args.name)
     root = staging_root(args.work_root, label)
-    stage_defaults = load_schema("config")["properties"]["stage"]["properties"]
-    opts = StageOptions(
-        label=label,
-        workers=block["workers"],
-        min_face_short=float(block["min_face_short"]),
-        include=tuple(args.include or stage_defaults["include"]["default"]),
-        exclude=tuple(args.exclude if args.exclude is not None else stage_defaults["exclude"]["default"]),
-        visibility=tuple(block["visibility"]),
-        page_size=block["page_size"],
-        recheck_no_face=bool(block["recheck_no_face"] or args.recheck_no_face),
-    )
+    recheck = bool(block["recheck_no_face"] or args.recheck_no_face)
+    opts = stage_options(label, {**block, "recheck_no_face": recheck}, args.include, args.exclude)
     copts = ClientOptions(
         timeout_s=float(block["timeout_s"]),
         retries=block["retries"],

@@ -37,7 +37,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,20 +61,62 @@ log = logging.getLogger(__name__)
 FATAL = (ImmichOutage, ImmichAuthError, ImmichTLSError, ResponseShapeError)
 
 
+# How the stage works, not what it stages: no config key sets these (tests may override them).
+CHECKSUM_RETRIES = 2  # downloads again when the bytes do not match the checksum
+LISTING_PASSES = 3  # at most: 2 always, a 3rd when the 2nd found assets the 1st missed
+STATE_INTERVAL_S = 1.0  # state.json written at most this often (and at the end)
+PROGRESS_INTERVAL_S = 10.0
+
+
 @dataclass(frozen=True)
 class StageOptions:
+    """What a stage run needs; no defaults here: ``stage_options`` fills them from the schemas."""
+
     label: str
-    workers: int = 8
-    min_face_short: float = 90.0
-    include: tuple[str, ...] = ("**",)
-    exclude: tuple[str, ...] = ("**/thumbs/**", "**/encoded-video/**", "**/@eaDir/**")
-    visibility: tuple[str, ...] = ("timeline", "archive")
-    page_size: int = 250
-    checksum_retries: int = 2  # downloads again when the bytes do not match the checksum
-    recheck_no_face: bool = False  # ask Immich again about every no_face / no_big_face asset
-    listing_passes: int = 3  # at most: 2 always, a 3rd when the 2nd found assets the 1st missed
-    state_interval_s: float = 1.0
-    progress_interval_s: float = 10.0
+    workers: int
+    min_face_short: float
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    visibility: tuple[str, ...]
+    page_size: int
+    checksum_retries: int
+    recheck_no_face: bool  # ask Immich again about every no_face / no_big_face asset
+    listing_passes: int
+    state_interval_s: float
+    progress_interval_s: float
+
+
+def stage_options(
+    label: str,
+    immich: Mapping[str, Any] | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    **override: Any,
+) -> StageOptions:
+    """Options from a source's ``immich`` block (config/schemas/source.schema.yaml, its defaults
+    filled in; the server and key names are not needed here) and the source's include/exclude
+    globs (None or no include: the ``stage`` section's defaults); ``override`` sets any field."""
+    from facesets.config import load_schema, validate
+    from facesets.options import section
+
+    spec = {k: v for k, v in load_schema("source")["properties"]["immich"].items() if k != "required"}
+    block = validate(dict(immich or {}), spec, f"immich settings of {label}")
+    stage = section("stage")
+    values: dict[str, Any] = {
+        "label": label,
+        "workers": block["workers"],
+        "min_face_short": float(block["min_face_short"]),
+        "include": tuple(include or stage["include"]),
+        "exclude": tuple(stage["exclude"] if exclude is None else exclude),
+        "visibility": tuple(block["visibility"]),
+        "page_size": block["page_size"],
+        "checksum_retries": CHECKSUM_RETRIES,
+        "recheck_no_face": bool(block["recheck_no_face"]),
+        "listing_passes": LISTING_PASSES,
+        "state_interval_s": STATE_INTERVAL_S,
+        "progress_interval_s": PROGRESS_INTERVAL_S,
+    }
+    return StageOptions(**{**values, **override})
 
 
 @dataclass

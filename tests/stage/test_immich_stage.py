@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from facesets.immich.client import CircuitBreaker, ClientOptions, ClientStats, ImmichClient
-from facesets.immich.stage import StageOptions, format_report, stage_immich
+from facesets.immich.stage import StageOptions, format_report, stage_immich, stage_options
 from facesets.store import FaceStore
 from tests.conftest import DEV_FACES
 from tests.support.fake_immich import (
@@ -40,9 +40,9 @@ def clients_for(srv: FakeImmich, users=("alice", "bob"), **over) -> list[ImmichC
 
 
 def options(**over) -> StageOptions:
-    return StageOptions(
-        **{"label": "fam", "workers": 8, "include": INCLUDE, "exclude": EXCLUDE, "state_interval_s": 0.05, **over}
-    )
+    """The schema's immich settings, the test globs, a short state interval; ``over`` sets fields."""
+    label = over.pop("label", "fam")
+    return stage_options(label, None, INCLUDE, EXCLUDE, **{"state_interval_s": 0.05, **over})
 
 
 def oriented(a: FakeAsset) -> tuple[int, int]:

@@ -148,7 +148,6 @@ def _schema_defaults() -> dict[str, object]:
 # list can only shrink, and fails on any new dataclass that repeats a schema default.
 PENDING = {
     "facesets.dedup.DedupOptions": "H3 (dedup.py)",
-    "facesets.immich.stage.StageOptions": "H2 (immich/)",
     "facesets.merge.MergeSettings": "H5 (merge.py)",
 }
 

@@ -12,7 +12,7 @@ from facesets import schema
 from facesets.cli import main
 from facesets.config import load_workflow_config
 from facesets.immich.client import CircuitBreaker, ClientOptions, ClientStats, ImmichClient
-from facesets.immich.stage import StageOptions, stage_immich
+from facesets.immich.stage import stage_immich, stage_options
 from tests.conftest import DEV_FACES, run_snakemake
 from tests.support.fake_immich import (
     FakeImmich,
@@ -66,7 +66,7 @@ def reference_run(library, cfg: Path, tmp: Path) -> dict[str, tuple[str, str]]:
             ImmichClient(srv.url, srv.users[u].key, k, opts, br, st)
             for u, k in zip(("alice", "bob"), KEYS, strict=True)
         ]
-        rep = stage_immich(clients, StageOptions("fam", include=src.include, exclude=src.exclude), tmp / "ref")
+        rep = stage_immich(clients, stage_options("fam", src.immich, src.include, src.exclude), tmp / "ref")
     assert rep.outcome == "complete"
     return staged(tmp / "ref")
 
