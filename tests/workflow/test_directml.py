@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pandas as pd
 import pytest
 
 from facesets import schema
-from tests.conftest import REPO, VENV_BIN, run_snakemake, write_workflow_config
+from tests.conftest import REPO, run_snakemake, write_workflow_config
 
 pytestmark = pytest.mark.slow
 
