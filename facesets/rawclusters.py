@@ -33,8 +33,8 @@ import pandas as pd
 
 from facesets import schema
 from facesets.atomic import staged_dir
-from facesets.clustering import cluster_faces
 from facesets.embed import sidecar_paths
+from facesets.graph_cluster import cluster as cluster_faces  # every cluster.method (HAC and context)
 from facesets.manifests import RAW_MANIFEST, VERSION, RawClusterManifest, write_manifest
 from facesets.tables import one_model, read_faces
 

@@ -34,7 +34,8 @@ import pandas as pd
 
 from facesets import thresholds
 from facesets.atomic import staged_dir
-from facesets.clustering import canonical_labels, centroid_merge, centroids, cluster_faces, reject_outliers
+from facesets.clustering import canonical_labels, centroid_merge, centroids, reject_outliers
+from facesets.graph_cluster import cluster as cluster_faces  # every cluster.method (HAC and context)
 from facesets.manifests import REFINE_MANIFEST, refine_manifest, write_manifest
 from facesets.options import section
 from facesets.rawclusters import PhotoVanished, link_name, materialize
