@@ -25,7 +25,7 @@ REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
 import report  # noqa: E402
-from facesets.immich.client import CircuitBreaker, ClientOptions, ClientStats, ImmichClient  # noqa: E402
+from facesets.immich.client import CircuitBreaker, ClientStats, ImmichClient, client_options  # noqa: E402
 from facesets.immich.stage import stage_immich, stage_options  # noqa: E402
 
 SECTION = "## immich staging: parallel workers vs one, 50 ms per request"
@@ -57,7 +57,7 @@ def build(model_dir: Path):
 
 
 def run_once(url: str, users, workers: int, root: Path) -> tuple[float, object]:
-    opts = ClientOptions(timeout_s=30, backoff_s=0.2, pool_size=max(16, 2 * workers))
+    opts = client_options({"workers": workers}, timeout_s=30, backoff_s=0.2)
     br, st = CircuitBreaker(opts.breaker_errors), ClientStats()
     clients = [ImmichClient(url, u.key, f"KEY_{u.name.upper()}", opts, br, st) for u in users]
     sopts = stage_options("bench", {"workers": workers}, INCLUDE, EXCLUDE)  # schema check: not timed

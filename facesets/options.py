@@ -22,6 +22,16 @@ def section(name: str, values: Mapping[str, Any] | None = None, where: str | Non
     return validate(dict(values or {}), load_schema("config")["properties"][name], where or f"{name} settings")
 
 
+def source_block(name: str, values: Mapping[str, Any] | None = None, where: str | None = None) -> dict[str, Any]:
+    """The block ``name`` of a source file (config/schemas/source.schema.yaml, e.g. ``immich``)
+    with its defaults filled in, validated (ConfigError); its required keys are not demanded
+    (the staging settings need no server or key names)."""
+    from facesets.config import load_schema, validate
+
+    spec = {k: v for k, v in load_schema("source")["properties"][name].items() if k != "required"}
+    return validate(dict(values or {}), spec, where or f"{name} settings")
+
+
 def build(cls: type[T], name: str, values: Mapping[str, Any] | None = None, **override: Any) -> T:
     """``cls`` from section ``name`` (defaults filled in); ``override`` sets fields the section
     does not hold or that the caller resolved (e.g. a distance from the model profile)."""

@@ -106,7 +106,7 @@ def store_lookup(args: argparse.Namespace) -> Callable[[str], bool]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facesets.immich.client import CircuitBreaker, ClientOptions, ClientStats, ImmichClient
+    from facesets.immich.client import CircuitBreaker, ClientStats, ImmichClient, client_options
     from facesets.immich.settings import label_of, resolve_env, staging_root
     from facesets.immich.stage import format_report, stage_immich, stage_options
     from facesets.listing import stage_source
@@ -118,15 +118,7 @@ def run(args: argparse.Namespace) -> int:
     root = staging_root(args.work_root, label)
     recheck = bool(block["recheck_no_face"] or args.recheck_no_face)
     opts = stage_options(label, {**block, "recheck_no_face": recheck}, args.include, args.exclude)
-    copts = ClientOptions(
-        timeout_s=float(block["timeout_s"]),
-        retries=block["retries"],
-        backoff_s=float(block["backoff_s"]),
-        breaker_errors=block["breaker_errors"],
-        max_rate_limit_wait_s=float(block["max_rate_limit_wait_s"]),
-        ca_bundle=block["ca_bundle"],
-        pool_size=max(16, 2 * block["workers"]),
-    )
+    copts = client_options(block)
     with redacted_logs([k for _, k in server.keys]), sigterm_as_interrupt():
         in_store = store_lookup(args) if block["store_dedup"] else (lambda sha: False)
         breaker, stats = CircuitBreaker(copts.breaker_errors), ClientStats()

@@ -22,7 +22,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+
+from facesets.options import source_block
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,20 +74,51 @@ class ImmichRequestError(ImmichError):
         self.status = status
 
 
+# How the client works, not what a source sets: no config key sets these (tests may override them).
+CONNECT_TIMEOUT_S = 10.0
+BACKOFF_MAX_S = 30.0
+MAX_RETRY_AFTER_S = 300.0  # one wait at most this long, whatever Retry-After says
+MAX_RATE_LIMITED = 50  # 429s tolerated for one request before giving up
+PROBE_TIMEOUT_S = 5.0
+
+
 @dataclass(frozen=True)
 class ClientOptions:
-    timeout_s: float = 30.0
-    connect_timeout_s: float = 10.0
-    retries: int = 5
-    backoff_s: float = 1.0
-    backoff_max_s: float = 30.0
-    max_retry_after_s: float = 300.0  # one wait at most this long, whatever Retry-After says
-    max_rate_limited: int = 50  # 429s tolerated for one request before giving up
-    max_rate_limit_wait_s: float = 900.0  # all Retry-After waits of one request together
-    breaker_errors: int = 12
-    probe_timeout_s: float = 5.0
-    ca_bundle: str | None = None
-    pool_size: int = 16
+    """What a client needs; no defaults here: ``client_options`` fills them from the schema."""
+
+    timeout_s: float
+    connect_timeout_s: float
+    retries: int
+    backoff_s: float
+    backoff_max_s: float
+    max_retry_after_s: float
+    max_rate_limited: int
+    max_rate_limit_wait_s: float  # all Retry-After waits of one request together
+    breaker_errors: int
+    probe_timeout_s: float
+    ca_bundle: str | None
+    pool_size: int
+
+
+def client_options(immich: Mapping[str, Any] | None = None, **override: Any) -> ClientOptions:
+    """Options from a source's ``immich`` block (config/schemas/source.schema.yaml, its defaults
+    filled in; the server and key names are not needed here); ``override`` sets any field."""
+    block = source_block("immich", immich)
+    values: dict[str, Any] = {
+        "timeout_s": float(block["timeout_s"]),
+        "connect_timeout_s": CONNECT_TIMEOUT_S,
+        "retries": block["retries"],
+        "backoff_s": float(block["backoff_s"]),
+        "backoff_max_s": BACKOFF_MAX_S,
+        "max_retry_after_s": MAX_RETRY_AFTER_S,
+        "max_rate_limited": MAX_RATE_LIMITED,
+        "max_rate_limit_wait_s": float(block["max_rate_limit_wait_s"]),
+        "breaker_errors": block["breaker_errors"],
+        "probe_timeout_s": PROBE_TIMEOUT_S,
+        "ca_bundle": block["ca_bundle"],
+        "pool_size": max(16, 2 * block["workers"]),  # a connection per worker, downloads and lookups
+    }
+    return ClientOptions(**{**values, **override})
 
 
 @dataclass
@@ -215,7 +248,7 @@ class ImmichClient:
             raise ValueError(f"the API key in ${key_name} is empty")
         self.base_url = normalize_base_url(base_url)
         self.key_name = key_name
-        self.opts = options or ClientOptions()
+        self.opts = options or client_options()
         self.breaker = breaker or CircuitBreaker(self.opts.breaker_errors)
         self.stats = stats or ClientStats()
         self._sleep = sleep

@@ -56,6 +56,7 @@ from facesets.immich.geometry import largest_face_short
 from facesets.immich.models import Asset, ResponseShapeError, parse_cursor_page, parse_faces, parse_search_page
 from facesets.immich.paths import PathClaims, path_under, safe_relpath, split_server_path
 from facesets.immich.state import FINAL_SKIPS, State
+from facesets.options import section, source_block
 
 log = logging.getLogger(__name__)
 FATAL = (ImmichOutage, ImmichAuthError, ImmichTLSError, ResponseShapeError)
@@ -96,11 +97,7 @@ def stage_options(
     """Options from a source's ``immich`` block (config/schemas/source.schema.yaml, its defaults
     filled in; the server and key names are not needed here) and the source's include/exclude
     globs (None or no include: the ``stage`` section's defaults); ``override`` sets any field."""
-    from facesets.config import load_schema, validate
-    from facesets.options import section
-
-    spec = {k: v for k, v in load_schema("source")["properties"]["immich"].items() if k != "required"}
-    block = validate(dict(immich or {}), spec, f"immich settings of {label}")
+    block = source_block("immich", immich, f"immich settings of {label}")
     stage = section("stage")
     values: dict[str, Any] = {
         "label": label,

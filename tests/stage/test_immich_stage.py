@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
-from facesets.immich.client import CircuitBreaker, ClientOptions, ClientStats, ImmichClient
+from facesets.immich.client import CircuitBreaker, ClientStats, ImmichClient, client_options
 from facesets.immich.stage import StageOptions, format_report, stage_immich, stage_options
 from facesets.store import FaceStore
 from tests.conftest import DEV_FACES
@@ -34,7 +34,7 @@ def library(opencv_analyzer, demo_photos):
 
 
 def clients_for(srv: FakeImmich, users=("alice", "bob"), **over) -> list[ImmichClient]:
-    opts = ClientOptions(**{"timeout_s": 3.0, "backoff_s": 0.01, "retries": 4, **over})
+    opts = client_options(None, **{"timeout_s": 3.0, "backoff_s": 0.01, "retries": 4, **over})
     br, st = CircuitBreaker(opts.breaker_errors), ClientStats()
     return [ImmichClient(srv.url, srv.users[u].key, f"IMMICH_KEY_{u.upper()}", opts, br, st) for u in users]
 

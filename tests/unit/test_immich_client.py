@@ -13,13 +13,13 @@ import requests
 
 from facesets.immich.client import (
     CircuitBreaker,
-    ClientOptions,
     ClientStats,
     ImmichAuthError,
     ImmichClient,
     ImmichOutage,
     ImmichTLSError,
     ImmichTransientError,
+    client_options,
 )
 from facesets.immich.models import parse_faces, parse_search_page
 from tests.support.fake_immich import (
@@ -63,7 +63,7 @@ class Sleeps(list):
 
 
 def make_client(server: FakeImmich, user: str = "alice", key: str | None = None, **over) -> tuple[ImmichClient, Sleeps]:
-    opts = ClientOptions(**{"timeout_s": 2.0, "backoff_s": 0.01, "retries": 5, "breaker_errors": 12, **over})
+    opts = client_options(None, **{"timeout_s": 2.0, "backoff_s": 0.01, "retries": 5, "breaker_errors": 12, **over})
     sleeps = Sleeps()
     key = key if key is not None else server.users[user].key
     return ImmichClient(

@@ -11,7 +11,7 @@ import pytest
 from facesets import schema
 from facesets.cli import main
 from facesets.config import load_workflow_config
-from facesets.immich.client import CircuitBreaker, ClientOptions, ClientStats, ImmichClient
+from facesets.immich.client import CircuitBreaker, ClientStats, ImmichClient, client_options
 from facesets.immich.stage import stage_immich, stage_options
 from tests.conftest import DEV_FACES, run_snakemake
 from tests.support.fake_immich import (
@@ -60,7 +60,7 @@ def reference_run(library, cfg: Path, tmp: Path) -> dict[str, tuple[str, str]]:
     """What an uninterrupted run stages: the same settings, in process, on a fresh server."""
     src = load_workflow_config({"sources": [str(tmp / "fam.yaml")], "work_root": str(tmp / "ref")}).source("fam")
     with FakeImmich(library, default_users()) as srv:
-        opts = ClientOptions(timeout_s=30, backoff_s=0.05)
+        opts = client_options(None, timeout_s=30, backoff_s=0.05)
         br, st = CircuitBreaker(12), ClientStats()
         clients = [
             ImmichClient(srv.url, srv.users[u].key, k, opts, br, st)
