@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow
 
 try:
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
@@ -103,7 +104,7 @@ def browser(server):
 class Page:
     def __init__(self, d, server):
         self.d, self.server = d, server
-        self.wait = WebDriverWait(d, 20)
+        self.wait = WebDriverWait(d, 20, ignored_exceptions=(StaleElementReferenceException,))
 
     def open(self) -> None:
         self.d.get(self.server.url)
@@ -113,17 +114,22 @@ class Page:
         return self.d.find_element(By.CSS_SELECTOR, css)
 
     def pick(self, number: int) -> None:
-        """Search for the identity by number and open it."""
+        """Search for the identity by number and open it (the list re-renders while typing: retry)."""
         box = self.el("#search")
         box.clear()
         box.send_keys(f"#{number}")
-        li = self.wait.until(
-            EC.element_to_be_clickable((By.CSS_SELECTOR, f'#identity-list li[data-number="{number}"]'))
-        )
-        self.wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#identity-list li")) == 1)
-        self.el(f'#identity-list li[data-number="{number}"]').click()
+
+        def only_it(d) -> bool:
+            items = d.find_elements(By.CSS_SELECTOR, "#identity-list li")
+            return len(items) == 1 and items[0].get_attribute("data-number") == str(number)
+
+        def click(d) -> bool:
+            d.find_element(By.CSS_SELECTOR, f'#identity-list li[data-number="{number}"]').click()
+            return True
+
+        self.wait.until(only_it)
+        self.wait.until(click)
         self.wait.until(EC.text_to_be_present_in_element((By.ID, "d-number"), f"#{number}"))
-        del li
 
     def done(self, words: str) -> str:
         self.wait.until(EC.text_to_be_present_in_element((By.ID, "message"), words))
