@@ -282,3 +282,28 @@ def test_a_refused_action_says_why_and_writes_nothing(library, server, browser):
     page.el("#rename-btn").click()
     page.wait.until(EC.text_to_be_present_in_element((By.ID, "message"), "not a folder-safe name"))
     assert (tmp / "config" / "decisions.yaml").read_bytes() == before
+
+
+def test_never_export_and_hide_through_the_page(library, server, browser):
+    tmp, _ = library
+    before = _decisions(tmp)
+    n = _manifest(tmp)["facesets"][1]["number"]
+    page = Page(browser, server)
+    page.open()
+    page.pick(n)
+    key = page.faces()[0].get_attribute("data-face")
+    page.faces()[0].click()
+    page.el("#noexport-btn").click()
+    page.done("1 face never exported")
+    assert key not in [t.get_attribute("data-face") for t in page.faces()]
+    page.el("#hide-btn").click()
+    page.done(f"hid #{n}")
+    page.wait.until(EC.visibility_of_element_located((By.ID, "d-hidden")))
+    assert page.el("#hide-btn").text == "Unhide"
+    assert _decisions(tmp)[len(before) :] == [
+        {"action": "no_export", "faces": [key]},
+        {"action": "hide", "identity": n},
+    ]
+    page.el("#hide-btn").click()  # unhide: the hide decision leaves the file
+    page.done("undone: hide")
+    assert _decisions(tmp)[len(before) :] == [{"action": "no_export", "faces": [key]}]
