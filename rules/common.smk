@@ -45,7 +45,7 @@ _eras_error = check_era_identities(
     config["eras"]["identities"],
     WF.output_root / "facesets_swap_ready",
     [s.root for s in WF.sources if s.kind == "identities"],
-    decided_names(config),
+    decided_names(config) if config["eras"]["identities"] else [],
 )
 if _eras_error:
     raise WorkflowError(f"invalid configuration:\n{_config_origin()}: {_eras_error}")
