@@ -149,7 +149,7 @@ def make_detector(
     from facesets.analyzers.insightface import with_pack_detector  # + SCRFD when a pack is on disk
 
     detect, detector_id = with_pack_detector(
-        analyzer.detect, analyzer.model_id, s.get("insightface"), providers, opts.redetect_size, opts.redetect_thresh
+        analyzer.detect, analyzer.model_id, s["insightface"], providers, opts.redetect_size, opts.redetect_thresh
     )
     return RedetectCheck(detect, analyzer.embed), detector_id  # its recognizer checks who the crop shows
 

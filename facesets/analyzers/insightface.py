@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -376,18 +376,17 @@ def union_detector(
 def with_pack_detector(
     detect: Callable[[np.ndarray], list[Detection]],
     detector_id: str,
-    insightface_settings: dict[str, Any] | None,
+    insightface_settings: Mapping[str, Any],
     providers: Sequence[str],
     det_size: int = ROOP_DET_SIZE,
     det_thresh: float = ROOP_DET_THRESH,
 ) -> tuple[Callable[[np.ndarray], list[Detection]], str]:
     """Export's re-detection for a non-insightface backend: ``detect`` alone, or, when the
     configured insightface pack is on disk, ``detect`` united with its SCRFD (what roop runs).
-    The returned id names both (it keys the crop cache)."""
-    s = insightface_settings or {}
-    checker = scrfd_crop_checker(
-        s.get("pack", "buffalo_l"), s.get("root", "~/.insightface"), providers, 1, det_size, det_thresh
-    )
+    The returned id names both (it keys the crop cache). ``insightface_settings``: the validated
+    ``embed.insightface`` block (the schema fills ``pack`` and ``root``)."""
+    s = insightface_settings
+    checker = scrfd_crop_checker(s["pack"], s["root"], providers, 1, det_size, det_thresh)
     if checker is None:
         return detect, detector_id
     log.info("export re-detection: %s and the insightface pack's SCRFD (%s)", detector_id, checker.pack_name)

@@ -209,5 +209,6 @@ def test_export_redetection_adds_the_packs_scrfd_when_on_disk(tmp_path):
     # a face both detectors see counts once
     once = ins.with_pack_detector(detect, "y", {"pack": "buffalo_l", "root": str(root)}, ())[0]
     assert len(once(img)) == 1
-    alone, alone_id = ins.with_pack_detector(yunet_sees_nothing, "opencv-x", {"root": str(tmp_path / "none")}, ())
+    none = {"pack": "buffalo_l", "root": str(tmp_path / "none")}
+    alone, alone_id = ins.with_pack_detector(yunet_sees_nothing, "opencv-x", none, ())
     assert alone is yunet_sees_nothing and alone_id == "opencv-x"
