@@ -139,13 +139,13 @@ def load(path: Path) -> Ledger:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(
-            f"{path}: the identity ledger is not valid JSON ({exc}); restore it from {path.parent / '.backup'}"
+            f"{path}: the identity ledger is not valid JSON ({exc}); restore it from {path.parent / BACKUP_DIR}"
         ) from None
     return from_json(obj, where=str(path))
 
 
-def backup(paths: Iterable[Path], keep: int = 20) -> Path | None:
-    """Copy the current versions of ``paths`` into ``<dir>/.backup/<timestamp>/`` (keeps the newest ``keep``).
+def backup(paths: Iterable[Path], keep: int) -> Path | None:
+    """Copy the current versions of ``paths`` into ``<dir>/.backup/<timestamp>/`` (keeps the newest ``keep``: merge.backups).
 
     Atomic: the copies are written (and fsynced) into ``.backup/.tmp-<timestamp>/``, which is
     renamed into place only when complete, so a crash or a full disk never leaves a

@@ -34,6 +34,7 @@ EXPORT_MANIFEST = "manifest.json"
 ERAS_MANIFEST = "eras_manifest.json"
 LIBRARY_MANIFEST = "manifest.json"
 LEDGER = "ledger.json"
+SET_MANIFEST = "manifest.json"  # a face set's own folder: <export>/<set>/, <library>/<identity>/
 THIN_MARKER = "THIN.txt"
 
 RESPONSIBLE_USE = (

@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,44 +35,82 @@ from facesets import decisions as D
 from facesets import ledger as L
 from facesets.atomic import TMP_PREFIX, write_json, write_text
 from facesets.dedup import DedupOptions
+from facesets.errors import InputError
 from facesets.fsz import write_fsz_from_files
-from facesets.manifests import RESPONSIBLE_USE
+from facesets.manifests import (
+    EXPORT_MANIFEST,
+    LEDGER,
+    LIBRARY_MANIFEST,
+    RESPONSIBLE_USE,
+    SET_MANIFEST,
+    THIN_MARKER,
+    VERSION,
+    ExportManifest,
+    LibraryManifest,
+    read_export_manifest,
+)
+from facesets.options import build, section
 from facesets.thresholds import for_model
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-LEDGER = "ledger.json"
 LOCK = ".lock"
 
 
 @dataclass(frozen=True)
 class MergeSettings:
-    top_n: int = 30
-    backups: int = 20
-    match_threshold: float | None = None  # None: the model profile's ``match``
+    """The ``merge`` section (``backups``, ``lock_timeout``) and what the merge takes from elsewhere;
+    no defaults here: ``options.build(MergeSettings, "merge", section, top_n=..., ...)``."""
+
+    top_n: int  # export.top_n: the library's bundles hold the same best N as the exports'
+    backups: int
+    match_threshold: float | None  # None: the model profile's ``match``
     # source -> its refine.min_faces: a new discovered identity needs that many photos in the library
-    min_faces: Mapping[str, int] = field(default_factory=dict)
-    dedup: DedupOptions = field(default_factory=DedupOptions)  # near-duplicate faces across sources
-    lock_timeout: float = 3600.0  # seconds a second writer waits for the library lock, then stops
-    decisions: Path | None = None  # the curation decisions file (facesets.decisions); None: no decisions
+    min_faces: Mapping[str, int]
+    dedup: DedupOptions  # near-duplicate faces across sources
+    lock_timeout: float  # seconds a second writer waits for the library lock, then stops
+    decisions: Path | None  # the curation decisions file (facesets.decisions); None: no decisions
+
+
+def merge_settings(
+    dedup: DedupOptions,
+    merge: Mapping[str, Any] | None = None,
+    *,
+    top_n: int | None = None,
+    min_faces: Mapping[str, int] | None = None,
+    decisions: Path | None = None,
+) -> MergeSettings:
+    """Settings from the ``merge`` section (the schema fills it); ``top_n`` None: ``export.top_n``'s;
+    ``min_faces`` None: no source holds a set back; ``decisions`` None: no decisions file."""
+    return build(
+        MergeSettings,
+        "merge",
+        merge,
+        top_n=top_n if top_n is not None else section("export")["top_n"],
+        match_threshold=None,
+        min_faces=dict(min_faces or {}),
+        dedup=dedup,
+        decisions=decisions,
+    )
 
 
 @dataclass(frozen=True)
 class ExportBatch:
     source: str
     export_dir: Path
-    manifest: Mapping[str, Any]
+    manifest: ExportManifest
     digest: str
 
 
 def read_export(source: str, export_dir: Path) -> ExportBatch:
-    path = Path(export_dir) / MANIFEST
+    path = Path(export_dir) / EXPORT_MANIFEST
     try:
-        raw = path.read_bytes()
-        manifest = json.loads(raw)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the export manifest of source {source!r}: {exc}") from None
+        manifest = read_export_manifest(path)
+        raw = path.read_bytes()  # the digest: the ledger skips an export it has applied already
+    except InputError as exc:
+        raise InputError(f"{exc} (the export of source {source!r})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the export manifest of source {source!r}: {exc}") from None
     # absolute: members point at the export until their crop is copied into the library
     return ExportBatch(source, Path(export_dir).resolve(), manifest, hashlib.sha256(raw).hexdigest())
 
@@ -95,7 +133,7 @@ def _proposals(batch: ExportBatch, parent: str | None = None) -> list[L.Proposal
     """The batch's facesets as proposals (``parent``: the batch is the era split of that identity)."""
     model_id = batch.manifest.get("model_id", "")
     props = []
-    for e in batch.manifest.get("facesets", []):
+    for e in batch.manifest["facesets"]:
         crops = [{**c, "file": str(batch.export_dir / c["file"])} for c in e.get("crops", [])]
         route = e.get("route_to")
         props.append(
@@ -129,7 +167,7 @@ def _markers(ident: L.Identity) -> dict[str, str]:
     if ident.kind == "era":
         m = {f"{ident.name}.txt": f"era of {ident.parent}\n"}
         if ident.thin:
-            m["THIN.txt"] = "fewer faces than min_era_faces: kept apart under _thin/\n"
+            m[THIN_MARKER] = "fewer faces than min_era_faces: kept apart under _thin/\n"
         return m
     return {f"{s}.txt": f"discovered in source {s}\n" for s in ident.sources}
 
@@ -147,7 +185,7 @@ def build_identity(ident: L.Identity, swap_ready: Path, top_n: int) -> bool:
         if (d / "crops" / f"{key}.png").exists():
             m.crop = f"{identity_dir(ident)}/crops/{key}.png"
     state = hashlib.sha256(json.dumps([[k, m.score, m.path] for k, m in ranked]).encode()).hexdigest()
-    man_path = d / MANIFEST
+    man_path = d / SET_MANIFEST
     if man_path.exists():
         try:
             if json.loads(man_path.read_text(encoding="utf-8")).get("members_digest") == state:
@@ -206,10 +244,10 @@ def _entry(ident: L.Identity, top_n: int) -> dict:
     }
 
 
-def canonical_manifest(ledger: L.Ledger, top_n: int) -> dict:
+def canonical_manifest(ledger: L.Ledger, top_n: int) -> LibraryManifest:
     idents = sorted(ledger.identities, key=lambda i: i.number)
     return {
-        "version": 1,
+        "version": VERSION,
         "responsible_use": RESPONSIBLE_USE,
         "facesets": [_entry(i, top_n) for i in idents if not i.thin],
         "thin_eras": [_entry(i, top_n) for i in idents if i.thin],
@@ -501,7 +539,7 @@ def stale_folders(ledger: L.Ledger, swap_ready: Path) -> list[Path]:
     """Identity folders whose identity now lives elsewhere (renamed by a label, an era that left _thin/)."""
     where = {i.number: identity_dir(i) for i in ledger.identities}
     out = []
-    for man in sorted([*swap_ready.glob(f"*/{MANIFEST}"), *swap_ready.glob(f"_thin/*/{MANIFEST}")]):
+    for man in sorted([*swap_ready.glob(f"*/{SET_MANIFEST}"), *swap_ready.glob(f"_thin/*/{SET_MANIFEST}")]):
         try:
             number = json.loads(man.read_text(encoding="utf-8")).get("number")
         except (OSError, json.JSONDecodeError):
@@ -540,7 +578,7 @@ def _merge_locked(
     settings: MergeSettings,
     parents: Mapping[str, str],
 ) -> dict:
-    ledger_path, manifest_path = swap_ready / LEDGER, swap_ready / MANIFEST
+    ledger_path, manifest_path = swap_ready / LEDGER, swap_ready / LIBRARY_MANIFEST
     ledger = L.load(ledger_path)
     changes = merge_batches(ledger, batches, face_tables, settings, parents, swap_ready)
     # Curation (facesets.decisions): the ledger stays as found; the library is built from the

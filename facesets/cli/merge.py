@@ -12,7 +12,7 @@ from facesets.cli.common import pairs
 
 def cmd_manifest_merge(args: argparse.Namespace) -> int:
     from facesets.dedup import DedupOptions
-    from facesets.merge import MergeSettings, run_merge
+    from facesets.merge import merge_settings, run_merge
 
     min_faces = {}
     for name, value in pairs(args.min_faces, "--min-faces"):
@@ -22,12 +22,12 @@ def cmd_manifest_merge(args: argparse.Namespace) -> int:
     dedup = json.loads(args.dedup_settings) if args.dedup_settings else {}
     known = set(DedupOptions.__dataclass_fields__) - {"workers"}
     opts = DedupOptions(**{k: v for k, v in dedup.items() if k in known})
-    settings = MergeSettings(
+    given = {"backups": args.backups, "lock_timeout": args.lock_timeout}
+    settings = merge_settings(
+        opts,
+        {k: v for k, v in given.items() if v is not None},
         top_n=args.top_n,
-        backups=args.backups,
         min_faces=min_faces,
-        dedup=opts,
-        lock_timeout=args.lock_timeout,
         decisions=Path(args.decisions) if args.decisions else None,
     )
     summary = run_merge(
@@ -49,14 +49,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--export", action="append", help="SOURCE=EXPORT_DIR, in config order (repeatable)")
     m.add_argument("--faces", action="append", help="face tables (.parquet) of those sources (for centroids)")
     m.add_argument("--eras", action="append", help="IDENTITY=ERA_DIR from `facesets era-split` (repeatable)")
-    m.add_argument("--top-n", type=int, default=30)
-    m.add_argument("--backups", type=int, default=20, help="previous versions kept under .backup/")
+    m.add_argument("--top-n", type=int, help="crops in the top bundle (default: config export.top_n)")
+    m.add_argument("--backups", type=int, help="previous versions kept under .backup/ (default: config merge.backups)")
     m.add_argument(
         "--min-faces",
         action="append",
         help="SOURCE=N: refine.min_faces of that source; a new discovered identity needs N photos (repeatable)",
     )
     m.add_argument("--dedup-settings", help="JSON of the `dedup` config section (near-duplicates across sources)")
-    m.add_argument("--lock-timeout", type=float, default=3600.0, help="seconds to wait for another merge")
+    m.add_argument("--lock-timeout", type=float, help="seconds to wait for another merge (default: merge.lock_timeout)")
     m.add_argument("--decisions", help="curation decisions file (config key `decisions`); a missing file: none")
     m.set_defaults(func=cmd_manifest_merge)
