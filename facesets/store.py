@@ -27,7 +27,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -89,6 +89,7 @@ class FaceStore(SegmentCache):
         return new
 
 
+TAKEOVER_LOCK = ".claims.lock"  # beside the claims folder: serialises taking over abandoned claims
 CLAIM_STALE_S = 300.0  # a claim untouched this long is abandoned (its holder refreshes it every 30 s)
 CLAIM_TOUCH_S = 30.0
 _LIVE_TOKENS: set[str] = set()  # the Claims of this process
@@ -116,6 +117,24 @@ def _pid_alive(pid: int) -> bool:
         return code.value == 259  # STILL_ACTIVE
     except Exception:  # noqa: BLE001 - unknown: rely on the stale timeout
         return True
+
+
+@contextlib.contextmanager
+def _takeover_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``.claims.lock`` beside the claims folder (flock: per open file, so threads of one
+    process exclude each other too). Without fcntl (Windows) take-overs are not serialised: a
+    rare duplicate analysis, never a wrong row."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(folder.parent / TAKEOVER_LOCK, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 class Claims:
@@ -175,11 +194,17 @@ class Claims:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self._create(sha):
             return True
-        if self.stale(sha):
+        # Taking over is check-then-replace: two writers that both judged one claim abandoned
+        # would both remove and recreate it (and one would remove the other's new claim), so
+        # take-overs are serialised by a lock file; creating a free claim needs no lock.
+        with _takeover_lock(self.dir):
+            if self._create(sha):  # released meanwhile
+                return True
+            if not self.stale(sha):
+                return False
             log.info("store: taking over the abandoned claim on %s", sha)
             self._path(sha).unlink(missing_ok=True)
             return self._create(sha)
-        return False
 
     def touch(self) -> None:
         """Refresh the held claims (at most every CLAIM_TOUCH_S), so others see us alive."""
