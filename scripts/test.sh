@@ -10,6 +10,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     bash scripts/slurm/install.sh || echo "test: Slurm install failed; the slurm test will skip" >&2
     # The browser tests (tests/browser/) drive Debian's chromium through its chromedriver (no browser download).
     if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+        apt-get update -qq || true
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
             || echo "test: chromium install failed; the browser tests will skip" >&2
     fi
