@@ -25,7 +25,20 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from facesets import ledger as L
 from facesets.atomic import staged_dir, write_text
+from facesets.manifests import (
+    EXPORT_MANIFEST,
+    LEDGER,
+    RAW_MANIFEST,
+    REFINE_MANIFEST,
+    SET_MANIFEST,
+    read_export_manifest,
+    read_json,
+    read_library_manifest,
+    read_raw_manifest,
+    read_refine_manifest,
+)
 from facesets.quality import COMPONENTS
 
 log = logging.getLogger(__name__)
@@ -153,16 +166,6 @@ def render_sheet(
     return sheet
 
 
-def read_export_manifest(export_dir: Path) -> dict:
-    path = Path(export_dir) / "manifest.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no export manifest (run `facesets export-swap` first)") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-
-
 def sheet_name(faceset: str) -> str:
     """File name of a face set's sheet: the face set's name, made safe for a file name."""
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in faceset).lstrip(".")
@@ -175,7 +178,7 @@ def contact_sheets(export_dir: Path, out_dir: Path, opts: SheetOptions) -> list[
     manifest = read_export_manifest(export_dir)
     written = []
     with staged_dir(out_dir) as tmp:
-        for entry in manifest.get("facesets", []):
+        for entry in manifest["facesets"]:
             dest = tmp / sheet_name(entry.get("name", "faceset"))
             render_sheet(export_dir, entry, manifest.get("source", ""), opts).save(dest, optimize=True)
             written.append(out_dir / dest.name)
@@ -183,15 +186,6 @@ def contact_sheets(export_dir: Path, out_dir: Path, opts: SheetOptions) -> list[
 
 
 # ---------------------------------------------------------------- the library
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no {what} (run manifest-merge first)") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -231,42 +225,42 @@ class LibraryIdentity:
 def library_identities(swap_ready: Path) -> tuple[list[LibraryIdentity], list[dict]]:
     """The library's identities (numbered order) and the merge's notes, from manifest.json + ledger.json."""
     swap_ready = Path(swap_ready)
-    manifest = _read_json(swap_ready / "manifest.json", "library manifest")
-    ledger = _read_json(swap_ready / "ledger.json", "identity ledger")
-    idents = {i["number"]: i for i in ledger.get("identities", [])}
+    manifest = read_library_manifest(swap_ready)
+    path = swap_ready / LEDGER
+    ledger = L.from_json(read_json(path, "the identity ledger (run manifest-merge first)"), where=str(path))
+    idents = {i.number: i for i in ledger.identities}
     entries: dict[int, list[str]] = {}
-    for source, batch in ledger.get("batches", {}).items():
+    for source, batch in ledger.batches.items():
         for entry, number in batch.get("entries", {}).items():
             entries.setdefault(number, []).append(f"{source}/{entry}")
     out = []
     rows = [*manifest.get("facesets", []), *manifest.get("thin_eras", [])]
     for e in sorted(rows, key=lambda e: e["number"]):
-        raw = idents.get(e["number"], {})
-        names = {e["name"], *raw.get("aliases", [])}
+        ident = idents.get(e["number"]) or L.Identity(e["number"], e["name"], e["kind"])  # not in the ledger
+        names = {e["name"], *ident.aliases}
         eras = [
-            f"{i['name']} ({len(i.get('members', {}))}{', thin' if i.get('thin') else ''})"
-            for i in sorted(idents.values(), key=lambda i: i["number"])
-            if i.get("kind") == "era" and i.get("parent") in names
+            f"{i.name} ({len(i.members)}{', thin' if i.thin else ''})"
+            for i in sorted(idents.values(), key=lambda i: i.number)
+            if i.kind == "era" and i.parent in names
         ]
         out.append(
             LibraryIdentity(
                 number=e["number"],
                 name=e["name"],
                 kind=e["kind"],
-                label=raw.get("label"),
-                parent=raw.get("parent"),
-                sources=list(raw.get("sources", [])),
-                aliases=list(raw.get("aliases", [])),
+                label=ident.label,
+                parent=ident.parent,
+                sources=list(ident.sources),
+                aliases=list(ident.aliases),
                 faces=int(e["faces"]),
                 photos=int(e["unique_images"]),
-                thin=bool(raw.get("thin", False)),
+                thin=ident.thin,
                 dir=e["dir"],
                 eras=eras,
                 entries=sorted(entries.get(e["number"], [])),
             )
         )
-    notes = [n for b in ledger.get("batches", {}).values() for n in b.get("notes", [])]
-    return out, notes
+    return out, [n for b in ledger.batches.values() for n in b.get("notes", [])]
 
 
 def library_sheets(swap_ready: Path, out_dir: Path, opts: SheetOptions) -> list[Path]:
@@ -277,7 +271,7 @@ def library_sheets(swap_ready: Path, out_dir: Path, opts: SheetOptions) -> list[
     with staged_dir(out_dir) as tmp:
         for ident in idents:
             d = swap_ready / ident.dir
-            entry = _read_json(d / "manifest.json", f"manifest of identity #{ident.number}")
+            entry = read_json(d / SET_MANIFEST, f"the manifest of identity #{ident.number} (run manifest-merge)")
             entry = {**entry, "unique_images": ident.photos}
             title = f"#{ident.number}  {ident.name}"
             render_sheet(d, entry, "", opts, title=title, details=ident.details()).save(
@@ -357,26 +351,16 @@ class SourceFiles:
     refine: Path | None = None  # refine folder (refine_manifest.json)
     export: Path | None = None  # export folder (manifest.json)
 
-    @classmethod
-    def parse(cls, spec: str) -> SourceFiles:
-        """``name=demo,faces=...,raw=...,duplicates=...,refine=...,export=...``."""
-        fields = {}
-        for part in spec.split(","):
-            key, sep, value = part.partition("=")
-            if not sep or key not in cls.__dataclass_fields__:
-                raise ValueError(
-                    f"--source {spec!r}: expected key=value pairs with keys {list(cls.__dataclass_fields__)}"
-                )
-            fields[key] = value if key == "name" else Path(value)
-        if "name" not in fields:
-            raise ValueError(f"--source {spec!r}: missing name=")
-        return cls(**fields)
-
 
 def _load_json(path: Path | None) -> dict | None:
     if path is None or not Path(path).exists():
         return None
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _present(folder: Path | None, name: str) -> bool:
+    """The stage wrote its manifest ``name`` into ``folder`` (absent: the page leaves the stage out)."""
+    return folder is not None and (Path(folder) / name).exists()
 
 
 def source_stats(s: SourceFiles) -> dict:
@@ -388,10 +372,10 @@ def source_stats(s: SourceFiles) -> dict:
         _, stats_path = sidecar_paths(Path(s.faces))
         emb = _load_json(stats_path) or {}
         out["embed"] = {k: emb.get(k) for k in ("images", "files", "faces", "noface", "errors", "analyzed", "model_id")}
-    raw = _load_json(Path(s.raw) / "manifest.json") if s.raw else None
+    raw = read_raw_manifest(s.raw) if _present(s.raw, RAW_MANIFEST) else None
     if raw is not None:
-        multi = [c for c in raw.get("clusters", []) if c["name"] != "_singletons"]
-        single = sum(c["faces"] for c in raw.get("clusters", []) if c["name"] == "_singletons")
+        multi = [c for c in raw["clusters"] if c["name"] != "_singletons"]
+        single = sum(c["faces"] for c in raw["clusters"] if c["name"] == "_singletons")
         out["cluster"] = {"clusters": len(multi), "faces_in_clusters": sum(c["faces"] for c in multi),
                           "singletons": single, "threshold": raw.get("threshold")}  # fmt: skip
     dup = _load_json(s.duplicates)
@@ -402,7 +386,7 @@ def source_stats(s: SourceFiles) -> dict:
             "near_duplicate_groups": len(dup.get("near_duplicate", [])),
             "near_duplicate_photos": sum(len(g["members"]) for g in dup.get("near_duplicate", [])),
         }
-    ref = _load_json(Path(s.refine) / "refine_manifest.json") if s.refine else None
+    ref = read_refine_manifest(s.refine) if _present(s.refine, REFINE_MANIFEST) else None
     if ref is not None:
         st = ref.get("stats", {})
         out["refine"] = {
@@ -410,14 +394,14 @@ def source_stats(s: SourceFiles) -> dict:
             "clusters_initial": st.get("clusters_initial"),
             "after_merge": st.get("after_merge"),
             "rejected": st.get("rejected", {}),
-            "facesets": st.get("facesets", len(ref.get("facesets", []))),
+            "facesets": st.get("facesets", len(ref["facesets"])),
             "settings": ref.get("settings", {}),
         }
-    exp = _load_json(Path(s.export) / "manifest.json") if s.export else None
+    exp = read_export_manifest(s.export) if _present(s.export, EXPORT_MANIFEST) else None
     if exp is not None:
         st = exp.get("stats", {})
         out["export"] = {
-            "facesets": st.get("facesets", len(exp.get("facesets", []))),
+            "facesets": st.get("facesets", len(exp["facesets"])),
             "crops": st.get("crops"),
             "candidates": st.get("candidates", len(exp.get("candidates", []))),
             "rejected": st.get("rejected", {}),
@@ -426,7 +410,7 @@ def source_stats(s: SourceFiles) -> dict:
                 {"name": e.get("name"), "faces": e.get("faces"), "crops": len(e.get("crops", [])),
                  "unique_images": e.get("unique_images"),
                  "median_score": _median([c.get("score") for c in e.get("crops", [])])}
-                for e in exp.get("facesets", [])
+                for e in exp["facesets"]
             ],
         }  # fmt: skip
     return out

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from facesets.cli.common import section_settings
+from facesets.options import build
 
 
 def cmd_contact_sheets(args: argparse.Namespace) -> int:
@@ -16,7 +17,7 @@ def cmd_contact_sheets(args: argparse.Namespace) -> int:
     written = contact_sheets(
         Path(args.export),
         Path(args.out),
-        SheetOptions(columns=s["columns"], thumb=s["thumb"], max_tiles=s["max_tiles"]),
+        build(SheetOptions, "report", s),
     )
     print(json.dumps({"sheets": len(written), "out": args.out}))
     return 0
@@ -30,7 +31,7 @@ def cmd_library_report(args: argparse.Namespace) -> int:
         Path(args.swap_ready),
         Path(args.out),
         Path(args.page),
-        SheetOptions(columns=s["columns"], thumb=s["thumb"], max_tiles=s["max_tiles"]),
+        build(SheetOptions, "report", s),
     )
     print(json.dumps({"sheets": len(written), "out": args.out, "page": args.page}))
     return 0
