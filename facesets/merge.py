@@ -336,7 +336,7 @@ def merge_batches(
     if keys:  # members too: a new face is compared with the identity's faces by embedding
         keys |= {k for i in ledger.identities for k in i.members}
     emb = load_embeddings(face_tables, keys) if keys else {}  # one read of the face tables
-    owner = ledger.owner()
+    run = _Run(ledger, settings, resolved, ledger.owner(), emb, pixels)
     for b in batches:
         if b.source not in props_of:
             prev = ledger.batches.get(b.source, {})
@@ -346,7 +346,7 @@ def merge_batches(
         entries: dict[str, int] = {}
         notes: list[dict] = []
         for p in props_of[b.source]:
-            ch = _merge_one(ledger, p, settings, resolved, owner, emb, pixels, notes)
+            ch = _merge_one(run, p, notes)
             if ch is None:
                 continue
             entries[p.name] = ch.number
@@ -372,7 +372,7 @@ def merge_batches(
             p for p in props_of.get(b.source, []) if p.name in _held(ledger, b.source)
         ]
         for p in props:
-            ch = _retry_held(ledger, b.source, p, settings, resolved, owner, emb, pixels)
+            ch = _retry_held(run, b.source, p)
             if ch is not None and ch.added:
                 changes.append(ch)
                 log.info(
@@ -390,22 +390,30 @@ def _held(ledger: L.Ledger, source: str) -> set[str]:
     return {n["entry"] for n in ledger.batches.get(source, {}).get("notes", []) if n["kind"] == "held"}
 
 
-def _retry_held(
-    ledger: L.Ledger,
-    source: str,
-    p: L.Proposal,
-    settings: MergeSettings,
-    resolved: dict[str, int],
-    owner: dict[str, int],
-    emb: Mapping[str, np.ndarray],
-    pixels: _Pixels,
-) -> L.MergeChange | None:
+@dataclass
+class _Run:
+    """What every proposal of one merge works on: the ledger and the lookups made once per merge."""
+
+    ledger: L.Ledger
+    settings: MergeSettings
+    resolved: dict[str, int]  # "<source>/<entry>" -> identity number, as resolved so far
+    owner: dict[str, int]  # face key -> identity number
+    emb: Mapping[str, np.ndarray]  # face key -> unit embedding
+    pixels: _Pixels
+
+    def threshold(self, p: L.Proposal) -> float:
+        """The match threshold: the setting, or the model profile's ``match``."""
+        thr = self.settings.match_threshold
+        return thr if thr is not None else for_model(p.model_id).match
+
+
+def _retry_held(run: _Run, source: str, p: L.Proposal) -> L.MergeChange | None:
     """A held set joins the identity it matches now (it never creates one: it is still too small)."""
-    thr = settings.match_threshold if settings.match_threshold is not None else for_model(p.model_id).match
-    if L.match(ledger, p, thr, resolved, owner) is None:
+    ledger, resolved = run.ledger, run.resolved
+    if L.match(ledger, p, run.threshold(p), resolved, run.owner) is None:
         return None
     notes: list[dict] = []
-    ch = _merge_one(ledger, p, settings, resolved, owner, emb, pixels, notes)
+    ch = _merge_one(run, p, notes)
     if ch is None:
         return None
     rec = ledger.batches[source]
@@ -415,18 +423,10 @@ def _retry_held(
     return ch
 
 
-def _merge_one(
-    ledger: L.Ledger,
-    p: L.Proposal,
-    settings: MergeSettings,
-    resolved: Mapping[str, int],
-    owner: dict[str, int],
-    emb: Mapping[str, np.ndarray],
-    pixels: _Pixels,
-    notes: list[dict],
-) -> L.MergeChange | None:
+def _merge_one(run: _Run, p: L.Proposal, notes: list[dict]) -> L.MergeChange | None:
     """One proposal: relocate, match (labels name identities), drop duplicates, gate, apply."""
-    thr = settings.match_threshold if settings.match_threshold is not None else for_model(p.model_id).match
+    ledger, settings, resolved, owner, emb, pixels = run.ledger, run.settings, run.resolved, run.owner, run.emb, run.pixels
+    thr = run.threshold(p)
     moved = L.relocate(ledger, p.source, p.crops)
     if moved:
         notes.append(_note("relocated", p, f"{p.source}/{p.name}: {moved} members' photos recorded at their new path"))
