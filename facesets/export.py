@@ -28,7 +28,6 @@ cache folder, so a re-run after new photos only crops new faces; the cache is no
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -47,14 +46,21 @@ from facesets.atomic import staged_dir, write_json
 from facesets.clustering import normalize
 from facesets.crops import CropCache, CropJob, CropMeta, CropOptions, Cropper, Detector, RedetectCheck, crop_jobs
 from facesets.fsz import write_fsz_from_files
-from facesets.manifests import RESPONSIBLE_USE
+from facesets.manifests import (
+    EXPORT_MANIFEST,
+    SET_MANIFEST,
+    ExportManifest,
+    export_manifest,
+    read_raw_manifest,
+    read_refine_manifest,
+)
 from facesets.options import section
 from facesets.quality import COMPONENTS, Norms, composite_score, norms_for, quality_components
-from facesets.refine import align_quality, load_quality, read_faces
+from facesets.refine import align_quality
+from facesets.tables import one_model, read_faces, read_quality
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 CANDIDATES_DIR = "_candidates"
 REJECTIONS = (
     "outlier_tight",
@@ -284,7 +290,7 @@ def export_facesets(
     detector_id: str = "",
     crop_cache: Path | None = None,
     source: str = "",
-) -> dict[str, Any]:
+) -> ExportManifest:
     """Crops, bundles and per-set manifests of these face-set entries into ``out_dir`` (not swapped:
     the caller owns the folder). Returns the manifest (without candidates); writes no top-level file.
 
@@ -293,8 +299,8 @@ def export_facesets(
     ``groups``: image sha256 -> near-duplicate group id (``facesets.dedup.image_groups``).
     ``detector``: the re-detection check (``make_detector``); ``detector_id`` keys the crop cache.
     """
-    model_ids = sorted(set(faces["model_id"])) if len(faces) else []
-    th = thresholds.for_model(model_ids[0]) if model_ids else thresholds.ARCFACE
+    model_id = one_model(faces, f"face sets of {source or 'the export'}", "exported")
+    th = thresholds.for_model(model_id) if model_id else thresholds.ARCFACE
     opts = resolve_options(settings, th)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -329,14 +335,13 @@ def export_facesets(
         rejected,
         empty,
     )
-    return {
-        "version": 1,
-        "model_id": model_ids[0] if model_ids else "",
-        "responsible_use": RESPONSIBLE_USE,
-        "settings": {**opts.settings(), "thresholds_profile": th.name, "detector": detector_id},
-        "stats": {"facesets": len(out_entries), "crops": n_crops, "rejected": rejected, "empty_facesets": empty},
-        "facesets": out_entries,
-    }
+    return export_manifest(
+        source,
+        model_id,
+        out_entries,
+        settings={**opts.settings(), "thresholds_profile": th.name, "detector": detector_id},
+        stats={"facesets": len(out_entries), "crops": n_crops, "rejected": rejected, "empty_facesets": empty},
+    )
 
 
 def _write_set(
@@ -395,7 +400,7 @@ def _write_set(
     if e.get("marker"):
         line = f"source: {source}; face set: {e['name']}; kind: {e.get('kind', 'discovered')}\n"
         (d / safe_name(str(e["marker"]))).write_text(line, encoding="utf-8")
-    write_json(d / MANIFEST, entry)
+    write_json(d / SET_MANIFEST, entry)
     return entry
 
 
@@ -459,18 +464,15 @@ def export_candidates(
 
 
 def raw_singletons(raw_manifest: Path) -> list[str]:
-    try:
-        raw = json.loads(Path(raw_manifest).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{raw_manifest}: not a raw clusters manifest from `facesets cluster` ({exc})") from None
-    return sorted(f["face_key"] for f in raw.get("faces", []) if f.get("cluster") == "_singletons")
+    raw = read_raw_manifest(raw_manifest)
+    return sorted(f["face_key"] for f in raw["faces"] if f.get("cluster") == "_singletons")
 
 
 # --------------------------------------------------------------------------- the command
 
 
 def run_export(
-    cache: Path,
+    faces_path: Path,
     refine_manifest: Path,
     out: Path,
     settings: Mapping[str, Any] | None,
@@ -481,16 +483,16 @@ def run_export(
     duplicates: Path | None = None,
     crop_cache: Path | None = None,
 ) -> dict[str, Any]:
-    """``facesets export-swap CACHE REFINE_MANIFEST OUT``: the whole export folder, swapped in atomically.
+    """``facesets export-swap FACES REFINE_MANIFEST OUT``: the whole export folder, swapped in atomically.
 
     ``detector_factory(opts, model_id)`` builds the re-detection check (``make_detector``).
+    A raw-cluster manifest given as ``refine_manifest`` (or anything else) fails by name first.
     """
-    faces = read_faces(cache)
-    try:
-        ref = json.loads(Path(refine_manifest).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{refine_manifest}: cannot read the refine manifest ({exc})") from None
-    model_id = ref.get("model_id") or (str(faces["model_id"].iloc[0]) if len(faces) else "")
+    ref = read_refine_manifest(refine_manifest)
+    if raw_manifest is not None:
+        read_raw_manifest(raw_manifest)  # a wrong file fails now, not after the crops
+    faces = read_faces(faces_path)
+    model_id = ref.get("model_id") or one_model(faces, [faces_path], "exported")
     th = thresholds.for_model(model_id) if model_id else thresholds.ARCFACE
     opts = resolve_options(settings, th)
     want_candidates = opts.candidates if candidates is None else candidates
@@ -498,7 +500,7 @@ def run_export(
         raise ValueError("--candidates needs --raw-manifest (the raw clusters' manifest.json)")
     if quality is None:
         log.warning("export: no quality table given; symmetry and sharpness count as %.1f", Norms.neutral)
-    q = load_quality(quality) if quality is not None else None
+    q = read_quality(quality) if quality is not None else None
     groups: dict[str, str] = {}
     if duplicates is not None:
         from facesets.dedup import image_groups
@@ -512,7 +514,7 @@ def run_export(
     detect, detector_id = detector_factory(opts, model_id)
     with staged_dir(out) as tmp:
         manifest = export_facesets(
-            ref.get("facesets", []),
+            ref["facesets"],
             faces,
             q,
             groups,
@@ -526,7 +528,7 @@ def run_export(
         cands: list[dict[str, Any]] = []
         if want_candidates:
             scored = score_faces(faces, q, opts)
-            members = {m["face_key"] for e in ref.get("facesets", []) for m in e["members"]}
+            members = {m["face_key"] for e in ref["facesets"] for m in e["members"]}
             singles = [k for k in raw_singletons(raw_manifest) if k not in members]
             with tempfile.TemporaryDirectory(prefix=".tmp-crops.", dir=tmp) as scratch:
                 cropper = Cropper(detect, detector_id, opts.crop, CropCache(Path(crop_cache or scratch)), opts.workers)
@@ -540,5 +542,5 @@ def run_export(
             "candidates": cands,
         }
         manifest["settings"]["candidates"] = want_candidates
-        write_json(tmp / MANIFEST, manifest)
+        write_json(tmp / EXPORT_MANIFEST, manifest)
     return manifest

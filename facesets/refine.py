@@ -43,7 +43,6 @@ from facesets.tables import one_model, read_faces, read_quality
 from facesets.thresholds import ModelThresholds
 
 log = logging.getLogger(__name__)
-load_quality = read_quality  # export.py imports these names from here (facesets/tables.py holds them)
 
 GATES = ("min_short", "min_blur", "min_det_score")
 

@@ -11,11 +11,6 @@ from facesets.cli.common import log, providers_arg, section_settings
 
 def cmd_export_swap(args: argparse.Namespace) -> int:
     from facesets.export import backend_of, make_detector, run_export
-    from facesets.manifests import read_raw_manifest, read_refine_manifest
-
-    read_refine_manifest(args.refine_manifest)  # a raw-cluster manifest here fails by name, not with 0 sets
-    if args.raw_manifest:
-        read_raw_manifest(args.raw_manifest)
 
     flags = (
         "outlier_tight",

@@ -22,8 +22,8 @@ import pandas as pd
 import pytest
 
 from facesets import schema, thresholds
-from facesets.export import RESPONSIBLE_USE
 from facesets.fsz import layout_problems
+from facesets.manifests import RESPONSIBLE_USE
 from tests.conftest import REPO, run_snakemake, write_workflow_config
 
 pytestmark = pytest.mark.slow
@@ -288,7 +288,7 @@ def test_an_interrupted_export_leaves_no_output_and_resumes_from_the_crop_cache(
 
     work = demo_run["tmp"] / "work" / "sources" / "demo"
     args = dict(
-        cache=work / "faces.parquet",
+        faces_path=work / "faces.parquet",
         refine_manifest=demo_run["tmp"] / "out" / "refine" / "demo" / "refine_manifest.json",
         out=tmp_path / "export",
         settings={"workers": 1},
