@@ -43,6 +43,15 @@ def section_settings(args: argparse.Namespace, section: str, flags: tuple[str, .
     return validate(settings, load_schema("config")["properties"][section], f"{section} settings (command line)")
 
 
+def section_flags(parser: argparse.ArgumentParser, section: str, flags: dict[str, type]) -> None:
+    """``--configfile``, ``--<section>-settings`` and one typed ``--<key>`` per key of ``flags``:
+    what ``section_settings(args, section, tuple(flags))`` reads (a flag left out: the config's)."""
+    parser.add_argument("--configfile", action="append", help=f"take the {section} settings from this config.yaml")
+    parser.add_argument(f"--{section}-settings", help=f"JSON object for the `{section}` config section")
+    for key, kind in flags.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=kind, help=f"config {section}.{key}")
+
+
 def beside(faces: str, name: str) -> Path:
     """``work/s/faces.parquet`` -> ``work/s/<name>``; ``x/t.parquet`` -> ``x/t.<name>``."""
     p = Path(faces)

@@ -6,24 +6,26 @@ import argparse
 import json
 from pathlib import Path
 
-from facesets.cli.common import log, providers_arg, section_settings
+from facesets.cli.common import log, providers_arg, section_flags, section_settings
+
+# export-swap's flags for the `export` section (--outlier-tight: null in the config = the model profile)
+FLAGS = {
+    "outlier_tight": float,
+    "min_face_short": float,
+    "pad_ratio": float,
+    "min_pad_ratio": float,
+    "out_size": int,
+    "top_n": int,
+    "candidate_distance": float,
+    "candidate_min_score": float,
+    "workers": int,
+}
 
 
 def cmd_export_swap(args: argparse.Namespace) -> int:
     from facesets.export import backend_of, make_detector, run_export
 
-    flags = (
-        "outlier_tight",
-        "min_face_short",
-        "pad_ratio",
-        "min_pad_ratio",
-        "out_size",
-        "top_n",
-        "candidate_distance",
-        "candidate_min_score",
-        "workers",
-    )
-    settings = section_settings(args, "export", flags)
+    settings = section_settings(args, "export", tuple(FLAGS))
     embed = json.loads(args.embed_settings) if args.embed_settings else {}
     model_dir = Path(args.model_dir) if args.model_dir else Path(args.faces).parent / "models"
 
@@ -71,19 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--quality", help="quality table from `facesets enrich`")
     x.add_argument("--duplicates", help="duplicates.json from `facesets dedup`")
     x.add_argument("--crop-cache", help="folder of finished crops to reuse between runs")
-    x.add_argument("--configfile", action="append", help="take the export settings from this config.yaml")
-    x.add_argument("--export-settings", help="JSON object for the `export` config section")
     x.add_argument("--embed-settings", help="JSON `embed` settings for the re-detection check (backend options)")
     x.add_argument("--backend", choices=["opencv", "insightface"], help="re-detection backend (default: the model's)")
     x.add_argument("--model-dir", help="opencv model cache (default: <FACES dir>/models)")
     providers_arg(x)
-    x.add_argument("--outlier-tight", type=float, help="face-to-centroid gate (default: model profile)")
-    x.add_argument("--min-face-short", type=float)
-    x.add_argument("--pad-ratio", type=float)
-    x.add_argument("--min-pad-ratio", type=float)
-    x.add_argument("--out-size", type=int)
-    x.add_argument("--top-n", type=int)
-    x.add_argument("--candidate-distance", type=float)
-    x.add_argument("--candidate-min-score", type=float)
-    x.add_argument("--workers", type=int)
+    section_flags(x, "export", FLAGS)
     x.set_defaults(func=cmd_export_swap)

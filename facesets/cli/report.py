@@ -6,14 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
-from facesets.cli.common import section_settings
+from facesets.cli.common import section_flags, section_settings
 from facesets.options import build
+
+FLAGS = {"columns": int, "thumb": int, "max_tiles": int}
 
 
 def cmd_contact_sheets(args: argparse.Namespace) -> int:
     from facesets.report import SheetOptions, contact_sheets
 
-    s = section_settings(args, "report", ("columns", "thumb", "max_tiles"))
+    s = section_settings(args, "report", tuple(FLAGS))
     written = contact_sheets(
         Path(args.export),
         Path(args.out),
@@ -26,7 +28,7 @@ def cmd_contact_sheets(args: argparse.Namespace) -> int:
 def cmd_library_report(args: argparse.Namespace) -> int:
     from facesets.report import SheetOptions, library_report
 
-    s = section_settings(args, "report", ("columns", "thumb", "max_tiles"))
+    s = section_settings(args, "report", tuple(FLAGS))
     written = library_report(
         Path(args.swap_ready),
         Path(args.out),
@@ -56,19 +58,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     cs = sub.add_parser("contact-sheets", help="one PNG per exported face set: its crops with their quality scores")
     cs.add_argument("export", help="export folder (with manifest.json) from `facesets export-swap`")
     cs.add_argument("out", help="output folder of <faceset>.png (replaced atomically)")
-    cs.add_argument("--configfile", action="append", help="take the report settings from this config.yaml")
-    cs.add_argument("--report-settings", help="JSON object for the `report` config section")
-    cs.add_argument("--columns", type=int)
-    cs.add_argument("--thumb", type=int)
-    cs.add_argument("--max-tiles", type=int)
+    section_flags(cs, "report", FLAGS)
     cs.set_defaults(func=cmd_contact_sheets)
 
     lr = sub.add_parser("library-report", help="the library: one contact sheet per identity + an overview page")
     lr.add_argument("swap_ready", help="the facesets_swap_ready folder (manifest.json + ledger.json)")
     lr.add_argument("out", help="output folder of <number>_<name>.png (replaced atomically)")
     lr.add_argument("--page", required=True, help="the overview page (.html)")
-    lr.add_argument("--configfile", action="append", help="take the report settings from this config.yaml")
-    lr.add_argument("--report-settings", help="JSON object for the `report` config section")
+    section_flags(lr, "report", {})
     lr.set_defaults(func=cmd_library_report)
 
     rs = sub.add_parser("run-stats", help="an HTML page of run statistics per source (images ... rejections by gate)")
