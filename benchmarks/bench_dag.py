@@ -41,7 +41,7 @@ import report  # noqa: E402
 from facesets import schema  # noqa: E402
 from facesets.analyzers import create_analyzer  # noqa: E402
 from facesets.config import load_schema, validate  # noqa: E402
-from facesets.dedup import DedupOptions, find_duplicates  # noqa: E402
+from facesets.dedup import DedupOptions, dedup_options, find_duplicates  # noqa: E402
 from facesets.embed import EmbedOptions, embed_listing  # noqa: E402
 from facesets.listing import group, scan  # noqa: E402
 from facesets.store import FaceStore  # noqa: E402
@@ -83,8 +83,7 @@ def _listing(root: Path):
 
 def _dedup_opts(workers: int) -> DedupOptions:
     d = validate({}, load_schema("config")["properties"]["dedup"], "dedup defaults")
-    names = {f.name for f in dataclasses.fields(DedupOptions)} - {"workers"}
-    return DedupOptions(**{k: v for k, v in d.items() if k in names}, workers=workers)
+    return dedup_options({k: v for k, v in d.items() if k != "workers"}, workers=workers)
 
 
 def _baseline_module(commit: str):

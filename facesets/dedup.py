@@ -38,10 +38,11 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -65,16 +66,30 @@ HASH_SCHEMA = pa.schema([("sha256", pa.string()), ("phash", pa.int64()), ("error
 
 @dataclass(frozen=True)
 class DedupOptions:
-    phash_distance: int = 12  # candidate: hash bits that may differ (of 64)
-    face_distance: float | None = None  # candidate: face cosine distance; None = half the model's match threshold
-    work_size: int = 512  # verification: long side of the grey working copies
-    min_inliers: int = 20  # ORB/RANSAC inliers for a similarity transform
-    min_overlap: float = 0.7  # share of one photo's content inside the other (of each without crops)
-    crops: bool = True  # a cut-out of a photo is its near-duplicate (False: light crops only)
-    min_ncc: float = 0.90  # normalised cross-correlation over the overlap
-    min_cell_ncc: float = 0.50  # the worst textured cell of an 8x8 grid over the overlap
-    workers: int = 2
-    max_pixels: int = 250_000_000
+    """The `dedup` section (defaults in the schema only: build it with ``dedup_options``)."""
+
+    phash_distance: int  # candidate: hash bits that may differ (of 64)
+    face_distance: float | None  # candidate: face cosine distance; None = half the model's match threshold
+    work_size: int  # verification: long side of the grey working copies
+    min_inliers: int  # ORB/RANSAC inliers for a similarity transform
+    min_overlap: float  # share of one photo's content inside the other (of each without crops)
+    crops: bool  # a cut-out of a photo is its near-duplicate (False: light crops only)
+    min_ncc: float  # normalised cross-correlation over the overlap
+    min_cell_ncc: float  # the worst textured cell of an 8x8 grid over the overlap
+    workers: int  # threads (0 in the config = the machine's threads, resolved by dedup_options)
+    max_pixels: int  # decoder limit: embed.max_pixels
+
+
+def dedup_options(values: Mapping[str, Any] | None = None, **override: Any) -> DedupOptions:
+    """DedupOptions from a `dedup` section (schema defaults filled in, validated); ``override``
+    sets fields directly. ``max_pixels`` is embed's decoder limit unless given."""
+    from facesets.options import build, section, threads
+
+    known = set(section("dedup"))
+    values = {k: v for k, v in (values or {}).items() if k in known}
+    override.setdefault("max_pixels", section("embed")["max_pixels"])
+    opts = build(DedupOptions, "dedup", values, **override)
+    return replace(opts, workers=threads(opts.workers))
 
 
 @dataclass

@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from facesets.cli.common import beside, section_settings
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
-    from facesets.dedup import DedupOptions, run_dedup
+    from facesets.dedup import dedup_options, run_dedup
 
     s = section_settings(
         args, "dedup", ("workers", "phash_distance", "face_distance", "min_overlap", "min_ncc", "min_cell_ncc", "crops")
     )
-    opts = DedupOptions(
-        phash_distance=s["phash_distance"],
-        face_distance=s["face_distance"],
-        work_size=s["work_size"],
-        min_inliers=s["min_inliers"],
-        min_overlap=s["min_overlap"],
-        crops=s["crops"],
-        min_ncc=s["min_ncc"],
-        min_cell_ncc=s["min_cell_ncc"],
-        workers=s["workers"] or (os.cpu_count() or 1),
-    )
+    opts = dedup_options(s)
     faces_path = Path(args.faces)
     stats = run_dedup(
         faces_path,

@@ -11,7 +11,7 @@ from facesets.cli.common import pairs
 
 
 def cmd_manifest_merge(args: argparse.Namespace) -> int:
-    from facesets.dedup import DedupOptions
+    from facesets.dedup import dedup_options
     from facesets.merge import merge_settings, run_merge
 
     min_faces = {}
@@ -20,8 +20,7 @@ def cmd_manifest_merge(args: argparse.Namespace) -> int:
             raise ValueError(f"--min-faces {name}={value}: expected SOURCE=N (refine.min_faces of that source)")
         min_faces[name] = int(str(value))
     dedup = json.loads(args.dedup_settings) if args.dedup_settings else {}
-    known = set(DedupOptions.__dataclass_fields__) - {"workers"}
-    opts = DedupOptions(**{k: v for k, v in dedup.items() if k in known})
+    opts = dedup_options({k: v for k, v in dedup.items() if k != "workers"})
     given = {"backups": args.backups, "lock_timeout": args.lock_timeout}
     settings = merge_settings(
         opts,

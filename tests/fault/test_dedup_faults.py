@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from facesets import dedup, schema
-from facesets.dedup import DedupOptions, compare_aligned, find_duplicates, groups_of
+from facesets.dedup import compare_aligned, dedup_options, find_duplicates, groups_of
 from facesets.listing import group, scan
 from tests.conftest import REPO, VENV_BIN
 
@@ -42,7 +42,7 @@ def odd_folder(demo_photos: Path, tmp_path: Path) -> Path:
 def test_strip_and_dot_do_not_stop_dedup(odd_folder: Path, tmp_path: Path):
     """The strip and the dot share a (flat) hash, so they are a candidate pair; ORB on them used
     to assert in cv2.resize (`inv_scale_x > 0`). Now the pair is simply not verified."""
-    doc, stats = find_duplicates(_listing(odd_folder), None, tmp_path / "cache", DedupOptions(workers=2))
+    doc, stats = find_duplicates(_listing(odd_folder), None, tmp_path / "cache", dedup_options(workers=2))
     names = [{Path(p).name for p in g} for g in groups_of(doc)]
     first = sorted((odd_folder).glob("*.jpg"))[0].name
     assert names == [{first, "half.jpg"}] or names == [{"half.jpg", first}]
@@ -88,7 +88,7 @@ def test_pair_that_raises_is_reported_and_skipped(demo_photos: Path, tmp_path: P
         im.resize((im.width // 2, im.height // 2)).save(photos / f"p{k}_half.jpg", quality=90)
     real = dedup.verify_pair
     poisoned = {"p1.jpg", "p1_half.jpg"}
-    copies = [dedup.load_work_copy(str(photos / name), DedupOptions()) for name in sorted(poisoned)]
+    copies = [dedup.load_work_copy(str(photos / name), dedup_options()) for name in sorted(poisoned)]
 
     def faulty(a, b, opts, *args, **kw):
         if all(any(x.shape == c.shape and np.array_equal(x, c) for c in copies) for x in (a, b)):
@@ -96,7 +96,7 @@ def test_pair_that_raises_is_reported_and_skipped(demo_photos: Path, tmp_path: P
         return real(a, b, opts, *args, **kw)
 
     monkeypatch.setattr(dedup, "verify_pair", faulty)
-    doc, stats = find_duplicates(_listing(photos), None, tmp_path / "cache", DedupOptions(workers=2))
+    doc, stats = find_duplicates(_listing(photos), None, tmp_path / "cache", dedup_options(workers=2))
     assert [{Path(p).name for p in g} for g in groups_of(doc)] == [{"p0.jpg", "p0_half.jpg"}]
     assert stats.failed_pairs == 1
     [failed] = doc["failed_pairs"]

