@@ -138,15 +138,20 @@ def identities_manifest(faces: pd.DataFrame, th: ModelThresholds, source: str, m
     return refine_manifest(entries, stats, source=source, model_id=model_id, kind="identities")
 
 
+def routable(ledger: L.Ledger) -> list[L.Identity]:
+    """The ledger identities mixed sources route to: every one but the eras."""
+    return [i for i in ledger.identities if i.kind != "era"]
+
+
 def known_identities(
     ledger_path: Path | None, manifests: Sequence[tuple[str, Path]], model_id: str
 ) -> list[KnownIdentity]:
     """The identities a mixed source routes to: the ledger's and earlier sources' proposals."""
     out: list[KnownIdentity] = []
     if ledger_path is not None and Path(ledger_path).exists():
-        for ident in L.load(Path(ledger_path)).identities:
+        for ident in routable(L.load(Path(ledger_path))):
             c = ident.centroid(model_id)
-            if c is not None and ident.kind != "era":
+            if c is not None:
                 out.append(KnownIdentity(f"ledger:{ident.name}", c))
     for source, path in manifests:
         m = read_refine_manifest(Path(path) / REFINE_MANIFEST if Path(path).is_dir() else path)
@@ -157,6 +162,43 @@ def known_identities(
                 continue  # routed sets point at identities already in the list
             out.append(KnownIdentity(f"{source}/{e['name']}", normalize(np.asarray([e["centroid"]], np.float64))[0]))
     return out
+
+
+# How much (a fraction of the count the last route saw) the faces other sources gave an identity
+# may change before a mixed source is routed again; below 1 / ROUTE_MEMBER_DRIFT faces (20), one
+# face is enough. A source's own routed faces never count: they moved the centroid toward faces
+# it has already routed, and counting them would reroute it after every merge of its own.
+ROUTE_MEMBER_DRIFT = 0.05
+
+
+def routing_state(ledger_path: Path, source: str) -> dict[str, Any]:
+    """What routing ``source`` takes from the ledger, as route's state file holds it: per non-era
+    identity its number, name and kind, and how many of its faces come from other sources (the
+    faces that make its centroid what this source did not). Empty without a ledger."""
+    idents = routable(L.load(Path(ledger_path))) if Path(ledger_path).exists() else []
+    return {
+        "identities": [
+            {
+                "number": i.number,
+                "name": i.name,
+                "kind": i.kind,
+                "others": sum(m.source != source for m in i.members.values()),
+            }
+            for i in sorted(idents, key=lambda i: i.number)
+        ]
+    }
+
+
+def same_routing(old: Mapping[str, Any], new: Mapping[str, Any], drift: float = ROUTE_MEMBER_DRIFT) -> bool:
+    """Whether ``new`` is, for routing, the library ``old`` was: the same identities (number, name,
+    kind), none whose other-source faces changed by more than ``drift`` of their count, the other
+    keys (schema version) equal."""
+    if {k: v for k, v in old.items() if k != "identities"} != {k: v for k, v in new.items() if k != "identities"}:
+        return False
+    a, b = old.get("identities", []), new.get("identities", [])
+    if [(i["number"], i["name"], i["kind"]) for i in a] != [(i["number"], i["name"], i["kind"]) for i in b]:
+        return False
+    return all(abs(j["others"] - i["others"]) <= drift * i["others"] for i, j in zip(a, b, strict=True))
 
 
 def route_faces(faces: pd.DataFrame, known: Sequence[KnownIdentity], threshold: float) -> np.ndarray:

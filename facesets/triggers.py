@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +38,26 @@ def write_if_changed(path: str | os.PathLike[str], text: str) -> str:
 def state_file(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> str:
     """The state file at ``path`` holding ``payload`` (rewritten only when it changed)."""
     return write_if_changed(path, state_text(payload))
+
+
+def state_file_unless_same(
+    path: str | os.PathLike[str],
+    payload: Mapping[str, Any],
+    same: Callable[[Mapping[str, Any], Mapping[str, Any]], bool],
+) -> str:
+    """The state file at ``path``, rewritten with ``payload`` only when ``same(stored, payload)``
+    is false (a file that is missing or does not parse is rewritten).
+
+    For a payload that drifts a little on every run (centroids): the file keeps the state the
+    last rewrite saw, so small moves add up against it and a rerun comes only once they matter;
+    a run that changes nothing material leaves the file, and the job, alone.
+    """
+    p = Path(path)
+    try:
+        stored = json.loads(p.read_text(encoding="utf-8"))
+    except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
+        stored = None
+    if isinstance(stored, dict) and same(stored, payload):
+        return str(path)
+    write_text(p, state_text(payload))
+    return str(path)

@@ -165,6 +165,27 @@ def earlier_refines(wildcards):
     return [f"{OUTPUT}/refine/{n}" for n in earlier_sources(wildcards)]
 
 
+def route_state(wildcards):
+    """Input of `route`: what routing takes from the library's ledger (non-era identities: number,
+    name, kind, and how many faces other sources gave each), rewritten only when an identity comes,
+    goes or is renamed, or other sources' faces of one change by more than
+    facesets.library.ROUTE_MEMBER_DRIFT. A grown library reroutes the mixed sources on the next
+    run; a source's own routed faces never do, so reruns end (docs/decisions.md #12 follow-up)."""
+    from facesets.library import routing_state, same_routing
+    from facesets.triggers import state_file_unless_same
+
+    ledger = f"{OUTPUT}/facesets_swap_ready/ledger.json"
+    try:
+        state = routing_state(Path(ledger), wildcards.source)
+    except ValueError as exc:
+        raise WorkflowError(f"cannot read the identity ledger:\n{exc}") from None
+    return state_file_unless_same(
+        f"{WORK}/sources/{wildcards.source}/state/route.json",
+        {**state, "schema_version": SCHEMA_VERSION},
+        same_routing,
+    )
+
+
 def all_exports():
     return expand(f"{OUTPUT}/export/{{source}}", source=source_names())
 

@@ -2,7 +2,8 @@
 # refine folder (sets + refine_manifest.json) as `refine` does for folder sources, so
 # export and manifest-merge treat every kind alike.
 #   identities (hand-sorted): one asserted identity per sub-folder
-#   mixed/immich: route faces to known identities (ledger + sources listed earlier), discover the rest
+#   mixed/immich: route faces to known identities (ledger + sources listed earlier), discover the rest;
+#   rerun when the ledger's identities change materially (route_state in common.smk)
 
 
 rule identities:
@@ -28,6 +29,9 @@ rule route:
         faces=f"{WORK}/sources/{{source}}/faces.parquet",
         quality=f"{WORK}/sources/{{source}}/quality.parquet",
         known=earlier_refines,
+        # the ledger's identities as routing uses them (a state file: the ledger itself would be a
+        # cycle, manifest-merge writes it after this rule ran); a grown library reroutes
+        library=route_state,
     output:
         directory(f"{OUTPUT}/refine/{{source}}"),
     wildcard_constraints:
