@@ -42,20 +42,11 @@ import pytest
 from facesets import merge as M
 from facesets.thresholds import for_model
 from tests.conftest import VENV_BIN, run_snakemake
+from tests.workflow.test_library_workflow import LOW_GATES
 
 pytestmark = pytest.mark.slow
 
-GATES = """
-refine:
-  min_faces: 2
-  min_short: 40
-  min_blur: 0
-export:
-  min_face_short: 40
-eras:
-  identities: [obama]
-  min_era_faces: 3
-"""
+GATES = LOW_GATES  # the library workflow tests' gates: small real sources export
 MIN_FACES = 2
 DEV_SOURCES = {"sorted": ("identities", "train"), "misc": ("folder", "misc"), "bucket": ("mixed", "test")}
 ORDERS = list(itertools.permutations(DEV_SOURCES))
