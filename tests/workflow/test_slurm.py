@@ -95,7 +95,7 @@ def test_workflow_through_slurm_equals_a_local_run(slurm, sample_photos, model_d
         d = tmp_path / name
         d.mkdir()
         cfg = write_workflow_config(d, sample_photos, model_dir, extra="embed:\n  shards: 2\n")
-        targets = [str(d / "work" / "sources" / "photos" / "faces.parquet"), str(d / "out" / "raw" / "photos")]
+        targets = ["work/sources/photos/faces.parquet", "out/raw/photos"]  # relative, like the config's roots
         runs[name] = d
         if name == "local":
             run_snakemake(

