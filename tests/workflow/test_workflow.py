@@ -127,8 +127,9 @@ def test_interrupted_workflow_resumes_with_the_same_command(demo_photos, model_d
     )
     store = tmp_path / "work" / "store"
     deadline = time.monotonic() + 120
-    while len(list(store.rglob("seg-*.parquet"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # the first stored batch: embed is running with ~118 photos to go
+    while not any(store.rglob("seg-*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert proc.poll() is None, "workflow finished before the interrupt"
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C on the terminal's process group
     proc.wait(timeout=60)
