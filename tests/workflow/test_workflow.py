@@ -39,12 +39,12 @@ def test_test_scenario_dry_run():
 
 
 def test_profile_by_name_from_repo_root():
-    """`snakemake --profile wsl -n` literally, as the README says (scripts/setup.sh links the profile)."""
+    """`snakemake --profile wsl -n` literally, as the README says (scripts/setup.sh installs the profile)."""
     from snakemake.cli import get_appdirs
 
     link = Path(get_appdirs().user_config_dir) / "wsl"
     if not link.exists():
-        pytest.skip(f"{link} missing: run scripts/setup.sh (make test does) to link the profiles")
+        pytest.skip(f"{link} missing: run scripts/setup.sh (make test does) to install the profiles")
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run(
         ["snakemake", "--profile", "wsl", "-n", "all"], cwd=REPO, env=env, capture_output=True, text=True
