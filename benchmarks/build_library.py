@@ -15,6 +15,7 @@ the same parameters (``library.json`` marker, written last).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -89,13 +90,13 @@ def plan(photos: Path, dest: Path, n: int, seed: int, rotated_share: float = 0.2
     return variants
 
 
-def make_variant(v: Variant) -> str:
-    """Write one 12 MP JPEG; returns its path."""
+def make_variant(v: Variant, size: tuple[int, int] = (LONG, SHORT)) -> str:
+    """Write one JPEG (12 MP unless ``size`` = (long, short) edge says otherwise); returns its path."""
     with Image.open(v.source) as im:
         im = ImageOps.exif_transpose(im).convert("RGB")
     w, h = im.size
     landscape = w >= h
-    tw, th = (LONG, SHORT) if landscape else (SHORT, LONG)
+    tw, th = size if landscape else size[::-1]
     aspect = tw / th
     # Largest crop of the target aspect, shrunk by the jitter factor, placed by fx/fy.
     cw, ch = (w, w / aspect) if w / h < aspect else (h * aspect, h)
@@ -113,7 +114,7 @@ def make_variant(v: Variant) -> str:
     return v.out
 
 
-def _params(photos: Path, n: int, seed: int) -> dict:
+def _params(photos: Path, n: int, seed: int, size: tuple[int, int] = (LONG, SHORT)) -> dict:
     names = hashlib.sha256()
     for p in source_photos(photos):
         names.update(f"{p.relative_to(photos)}\0{p.stat().st_size}\n".encode())
@@ -121,7 +122,7 @@ def _params(photos: Path, n: int, seed: int) -> dict:
         "version": VERSION,
         "n": n,
         "seed": seed,
-        "size": [LONG, SHORT],
+        "size": list(size),
         "photos": str(photos),
         "photos_fingerprint": names.hexdigest()[:16],
     }
@@ -147,10 +148,11 @@ def build_library(
     seed: int = 12,
     procs: int = 2,
     force: bool = False,
+    size: tuple[int, int] = (LONG, SHORT),
 ) -> list[Path]:
     """Build (or reuse) the library; returns the sorted list of its JPEGs."""
     photos, dest = Path(photos), Path(dest)
-    params = _params(photos, n, seed)
+    params = _params(photos, n, seed, size)
     marker = dest / MARKER
     if not force and is_built(dest, params):
         files = json.loads(marker.read_text())["files"]
@@ -163,7 +165,7 @@ def build_library(
     variants = plan(photos, dest, n, seed)
     t0 = time.monotonic()
     with multiprocessing.get_context("spawn").Pool(max(1, procs)) as pool:
-        for k, _ in enumerate(pool.imap_unordered(make_variant, variants, chunksize=4), 1):
+        for k, _ in enumerate(pool.imap_unordered(functools.partial(make_variant, size=size), variants, chunksize=4), 1):
             if k % 40 == 0 or k == n:
                 print(f"library: {k}/{n} built ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
     files = sorted(Path(v.out).name for v in variants)
