@@ -24,6 +24,12 @@ same way into ``_candidates/<set>/`` for a person to review.
 
 Crops are cached by content (photo, box, other boxes, crop settings, detector) under a crop
 cache folder, so a re-run after new photos only crops new faces; the cache is not an output.
+Each set's ``crops/N.png`` is a hard link to its crop-cache file (a copy where links cannot be
+made), and its bundles come from a bundle cache beside the crops (``<crop cache>/_bundles/<source>/``)
+keyed by ``fsz.bundle_digest`` of the crops' cache keys in bundle order: a set whose members,
+crop settings and detector did not change gets, as a hard link, the very file it had (same
+inode, bytes and mtime), and only changed sets are written. The digest is in the set's entry
+(``digest``), so the report can tell a changed set from an unchanged one without its pixels.
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -45,7 +50,8 @@ from facesets import thresholds
 from facesets.atomic import staged_dir, write_json
 from facesets.clustering import normalize
 from facesets.crops import CropCache, CropJob, CropMeta, CropOptions, Cropper, Detector, RedetectCheck, crop_jobs
-from facesets.fsz import write_fsz_from_files
+from facesets.fsz import BundleCache, bundle_digest
+from facesets.links import link_or_copy
 from facesets.manifests import (
     EXPORT_MANIFEST,
     SET_MANIFEST,
@@ -290,6 +296,7 @@ def export_facesets(
     detector_id: str = "",
     crop_cache: Path | None = None,
     source: str = "",
+    bundles: BundleCache | None = None,
 ) -> ExportManifest:
     """Crops, bundles and per-set manifests of these face-set entries into ``out_dir`` (not swapped:
     the caller owns the folder). Returns the manifest (without candidates); writes no top-level file.
@@ -298,6 +305,8 @@ def export_facesets(
     are copied through; ``marker`` names a provenance file written into the set's folder).
     ``groups``: image sha256 -> near-duplicate group id (``facesets.dedup.image_groups``).
     ``detector``: the re-detection check (``make_detector``); ``detector_id`` keys the crop cache.
+    ``bundles``: where finished bundles are kept (None: ``bundle_cache(crop_cache, source)``); the
+    caller prunes it once the folder is in place (``run_export``), or never (nothing is lost).
     """
     model_id = one_model(faces, f"face sets of {source or 'the export'}", "exported")
     th = thresholds.for_model(model_id) if model_id else thresholds.ARCFACE
@@ -308,6 +317,8 @@ def export_facesets(
     if len(set(names)) != len(names):
         raise ValueError(f"face set names collide after making them file-name safe: {sorted(names)}")
     scored = score_faces(faces, quality, opts)
+    own_cache = bundles is None  # then pruned here; run_export prunes its own after the swap
+    bundles = bundle_cache(crop_cache, source) if bundles is None else bundles
     with tempfile.TemporaryDirectory(prefix=".tmp-crops.", dir=out_dir) as scratch:
         cropper = Cropper(detector, detector_id, opts.crop, CropCache(Path(crop_cache or scratch)), opts.workers)
         chosen, outcome, crop_meta = select_crops(entries, faces, scored, groups, opts, cropper)
@@ -323,25 +334,34 @@ def export_facesets(
                 empty.append(name)
                 continue
             out_entries.append(
-                _write_set(e, name, keys, res, jobs, crop_meta, scored, paths, cropper, opts, out_dir, source)
+                _write_set(e, name, keys, res, jobs, crop_meta, scored, paths, cropper, opts, out_dir, source, bundles)
             )
     n_crops = sum(len(e["crops"]) for e in out_entries)
+    if own_cache:
+        bundles.prune()  # the outputs hold their own links: nothing they use is lost
     log.info(
-        "export: %d face sets, %d crops (%d made, %d from the cache); rejected %s; empty sets %s",
+        "export: %d face sets, %d crops (%d made, %d from the cache), %d bundles written, %d unchanged;"
+        " rejected %s; empty sets %s",
         len(out_entries),
         n_crops,
         cropper.made,
         cropper.reused,
+        bundles.written,
+        bundles.reused,
         rejected,
         empty,
     )
-    return export_manifest(
+    manifest = export_manifest(
         source,
         model_id,
         out_entries,
         settings={**opts.settings(), "thresholds_profile": th.name, "detector": detector_id},
         stats={"facesets": len(out_entries), "crops": n_crops, "rejected": rejected, "empty_facesets": empty},
     )
+    # Every file here is written once under its name and never rewritten in place (crops are
+    # links to the crop cache's immutable files): the library may hard-link them (merge.py).
+    manifest["immutable_files"] = True
+    return manifest
 
 
 def _write_set(
@@ -357,13 +377,14 @@ def _write_set(
     opts: ExportOptions,
     out_dir: Path,
     source: str,
+    bundles: BundleCache,
 ) -> dict[str, Any]:
     d = out_dir / name
     (d / "crops").mkdir(parents=True, exist_ok=True)
     crops, files = [], []
     for i, k in enumerate(keys):
         dest = d / "crops" / f"{i}.png"
-        shutil.copyfile(cropper.png(jobs[k]), dest)
+        link_or_copy(cropper.png(jobs[k]), dest)  # the crop cache's bytes, stored once
         files.append(dest)
         crops.append(
             {
@@ -379,8 +400,10 @@ def _write_set(
         )
     top = f"{name}/{name}_top{opts.top_n}.fsz"
     full = f"{name}/{name}_all.fsz"
-    write_fsz_from_files(out_dir / top, files[: opts.top_n])
-    write_fsz_from_files(out_dir / full, files)
+    content = [jobs[k].cache_key(cropper.crop, cropper.detector_id) for k in keys]
+    digest = bundle_digest(content)
+    bundles.place(out_dir / top, bundle_digest(content[: opts.top_n]), files[: opts.top_n])
+    bundles.place(out_dir / full, digest, files)
     emb = np.stack(scored.emb.loc[keys].to_numpy())
     counts = {r: sum(1 for o in outcome.values() if o == r) for r in REJECTIONS}
     entry = {k: v for k, v in e.items() if k not in ("members", "centroid", "faces", "unique_images", "name")}
@@ -394,6 +417,7 @@ def _write_set(
             "rejected": counts,
             "centroid": [round(float(v), 6) for v in normalize(emb.sum(0, keepdims=True))[0]],
             "bundles": {"top": top, "all": full},
+            "digest": digest,  # of the crops in bundle order (fsz.bundle_digest): equal digest, equal bytes
             "crops": crops,
         }
     )
@@ -446,7 +470,7 @@ def export_candidates(
         folder.mkdir(parents=True, exist_ok=True)
         for n, i in enumerate(rows):
             k = singles[i]
-            shutil.copyfile(cropper.png(jobs[k]), folder / f"{n}.png")
+            link_or_copy(cropper.png(jobs[k]), folder / f"{n}.png")
             out.append(
                 {
                     "file": f"{CANDIDATES_DIR}/{name}/{n}.png",
@@ -469,6 +493,17 @@ def raw_singletons(raw_manifest: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- the command
+
+
+BUNDLES_DIR = "_bundles"  # inside the crop cache: the bundles made of its crops, one folder per source
+
+
+def bundle_cache(crop_cache: Path | None, source: str) -> BundleCache:
+    """The bundle cache of ``source``'s exports: ``<crop cache>/_bundles/<source>/`` (none without a crop cache)."""
+    if crop_cache is None:
+        return BundleCache(None)
+    return BundleCache(Path(crop_cache) / BUNDLES_DIR / safe_name(source or "export"))
+
 
 
 def run_export(
@@ -512,6 +547,7 @@ def run_export(
     else:
         log.warning("export: no duplicates report given; near-duplicate photos are not collapsed")
     detect, detector_id = detector_factory(opts, model_id)
+    bundles = bundle_cache(crop_cache, ref.get("source", ""))
     with staged_dir(out) as tmp:
         manifest = export_facesets(
             ref["facesets"],
@@ -524,6 +560,7 @@ def run_export(
             detector_id,
             crop_cache,
             ref.get("source", ""),
+            bundles,
         )
         cands: list[dict[str, Any]] = []
         if want_candidates:
@@ -543,4 +580,5 @@ def run_export(
         }
         manifest["settings"]["candidates"] = want_candidates
         write_json(tmp / EXPORT_MANIFEST, manifest)
+    bundles.prune()  # after the swap: a run stopped before it leaves the entries for the next run to link
     return manifest
