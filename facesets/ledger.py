@@ -348,14 +348,32 @@ def name_identity(ledger: Ledger, ident: Identity, name: str, label: str | None 
     return changed
 
 
-def relocate(ledger: Ledger, source: str, crops: Sequence[Mapping[str, Any]]) -> int:
-    """Record where the photos of ``source``'s members are now (a moved source root). Returns how many moved."""
-    where = {c["face_key"]: c.get("source_path") for c in crops if c.get("source_path")}
-    moved = 0
+def members_by_key(ledger: Ledger, source: str) -> dict[str, list[Member]]:
+    """face key -> every member of ``source`` with that key (an era copies its parent's members)."""
+    out: dict[str, list[Member]] = {}
     for ident in ledger.identities:
         for key, m in ident.members.items():
-            new = where.get(key)
-            if new is not None and m.source == source and m.path != new:
+            if m.source == source:
+                out.setdefault(key, []).append(m)
+    return out
+
+
+def relocate(
+    ledger: Ledger,
+    source: str,
+    crops: Sequence[Mapping[str, Any]],
+    index: Mapping[str, Sequence[Member]] | None = None,
+) -> int:
+    """Record where the photos of ``source``'s members are now (a moved source root). Returns how many moved.
+
+    ``index``: ``members_by_key(ledger, source)``, built once when many proposals of one source
+    are relocated (then each costs its own crops, not the whole ledger)."""
+    index = members_by_key(ledger, source) if index is None else index
+    moved = 0
+    for c in crops:
+        new = c.get("source_path")
+        for m in index.get(c["face_key"], ()) if new else ():
+            if m.path != new:
                 m.path, moved = new, moved + 1
     return moved
 

@@ -104,6 +104,7 @@ class ExportManifest(TypedDict, total=False):
     refine_manifest: str
     identity: str  # era exports
     eras_manifest: str
+    immutable_files: bool  # its files are never rewritten in place: the library may hard-link them
 
 
 class LibraryManifest(TypedDict, total=False):

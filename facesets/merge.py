@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from facesets.atomic import TMP_PREFIX, write_json, write_text
 from facesets.dedup import DedupOptions
 from facesets.errors import InputError
 from facesets.fsz import write_fsz_from_files
+from facesets.links import link_or_copy, same_file
 from facesets.manifests import (
     EXPORT_MANIFEST,
     LEDGER,
@@ -172,12 +173,63 @@ def _markers(ident: L.Identity) -> dict[str, str]:
     return {f"{s}.txt": f"discovered in source {s}\n" for s in ident.sources}
 
 
-def build_identity(ident: L.Identity, swap_ready: Path, top_n: int) -> bool:
+@dataclass(frozen=True)
+class ExportBundle:
+    """A bundle an export wrote, and its entries' files in bundle order."""
+
+    path: Path
+    files: tuple[Path, ...]
+
+
+def export_bundles(batches: Sequence[ExportBatch]) -> dict[tuple[str, ...], ExportBundle]:
+    """The exports' bundles by the face keys they hold, in bundle order (top and all)."""
+    out: dict[tuple[str, ...], ExportBundle] = {}
+    for b in batches:
+        top_n = int((b.manifest.get("settings") or {}).get("top_n") or 0)
+        for e in b.manifest.get("facesets", []):
+            crops = e.get("crops", [])
+            keys = tuple(c["face_key"] for c in crops)
+            files = tuple(b.export_dir / c["file"] for c in crops)
+            found = e.get("bundles") or {}
+            if found.get("all"):
+                out.setdefault(keys, ExportBundle(b.export_dir / found["all"], files))
+            if found.get("top") and top_n:
+                out.setdefault(keys[:top_n], ExportBundle(b.export_dir / found["top"], files[:top_n]))
+    return out
+
+
+def _place_bundle(target: Path, pngs: Sequence[Path], made: Mapping[tuple[str, ...], ExportBundle], keys) -> bool:
+    """``target`` becomes the bundle of ``pngs``: a link to an export's bundle when that one holds
+    these very files (the same inodes, in the same order: then its bytes are this bundle's), else
+    written. True when linked."""
+    hit = made.get(tuple(keys))
+    if (
+        hit is not None
+        and len(hit.files) == len(pngs)
+        and all(same_file(a, b) for a, b in zip(pngs, hit.files, strict=True))
+    ):
+        try:
+            return link_or_copy(hit.path, target)
+        except FileNotFoundError:
+            pass  # the export is gone: write it
+    write_fsz_from_files(target, pngs)
+    return False
+
+
+def build_identity(
+    ident: L.Identity,
+    swap_ready: Path,
+    top_n: int,
+    made: Mapping[tuple[str, ...], ExportBundle] | None = None,
+) -> bool:
     """Make ``<dir>/`` match the ledger: crops, bundles, markers, manifest. True when it changed.
 
-    New members' ``crop`` points at their export's file; it is copied in and repointed at the
-    library's copy (relative to ``swap_ready``), so the ledger never depends on an export again.
-    A folder that moved (an era leaving ``_thin/``) is rebuilt from the old folder's copies.
+    New members' ``crop`` points at their export's file (or the library's ``.faces/`` keep); it
+    is hard-linked in (copied where links cannot be made) and repointed at the library's name
+    (relative to ``swap_ready``), so the ledger never depends on an export again. A folder that
+    moved (an era leaving ``_thin/``) is rebuilt from the old folder's files. ``made``: the
+    exports' bundles (``export_bundles``); a bundle of the very same crop files is linked, not
+    written again. An identity whose member list is unchanged is not touched at all.
     """
     d = swap_ready / identity_dir(ident)
     ranked = _ranked(ident)
@@ -196,14 +248,14 @@ def build_identity(ident: L.Identity, swap_ready: Path, top_n: int) -> bool:
     crops.mkdir(parents=True, exist_ok=True)
     for key, m in ranked:
         dest = crops / f"{key}.png"
-        if not dest.exists():  # from the export (absolute path) or the library's old folder (relative)
-            tmp = dest.with_name(f".tmp-{dest.name}")
-            shutil.copyfile(m.crop if os.path.isabs(m.crop) else swap_ready / m.crop, tmp)
-            os.replace(tmp, dest)
-        m.crop = dest.relative_to(swap_ready).as_posix()  # from now on the library's own copy
+        if not dest.exists():  # from the export (absolute path), .faces/ or the old folder (relative)
+            link_or_copy(m.crop if os.path.isabs(m.crop) else swap_ready / m.crop, dest)
+        m.crop = dest.relative_to(swap_ready).as_posix()  # from now on the library's own name
     pngs = [crops / f"{k}.png" for k, _ in ranked]
-    write_fsz_from_files(d / f"{ident.name}_top{top_n}.fsz", pngs[:top_n])
-    write_fsz_from_files(d / f"{ident.name}_all.fsz", pngs)
+    keys = [k for k, _ in ranked]
+    made = made or {}
+    _place_bundle(d / f"{ident.name}_top{top_n}.fsz", pngs[:top_n], made, keys[:top_n])
+    _place_bundle(d / f"{ident.name}_all.fsz", pngs, made, keys)
     for name, text in _markers(ident).items():
         write_text(d / name, text)
     write_json(
@@ -400,6 +452,15 @@ class _Run:
     owner: dict[str, int]  # face key -> identity number
     emb: Mapping[str, np.ndarray]  # face key -> unit embedding
     pixels: _Pixels
+    by_source: dict[str, dict[str, list[L.Member]]] = field(default_factory=dict)
+
+    def members_of(self, source: str) -> dict[str, list[L.Member]]:
+        """face key -> the members of ``source`` with that key (eras share keys), built once per merge.
+
+        Members added later in the merge need no relocation: they carry the export's path already."""
+        if source not in self.by_source:
+            self.by_source[source] = L.members_by_key(self.ledger, source)
+        return self.by_source[source]
 
     def threshold(self, p: L.Proposal) -> float:
         """The match threshold: the setting, or the model profile's ``match``."""
@@ -427,7 +488,7 @@ def _merge_one(run: _Run, p: L.Proposal, notes: list[dict]) -> L.MergeChange | N
     """One proposal: relocate, match (labels name identities), drop duplicates, gate, apply."""
     ledger, settings, resolved, owner, emb, pixels = run.ledger, run.settings, run.resolved, run.owner, run.emb, run.pixels
     thr = run.threshold(p)
-    moved = L.relocate(ledger, p.source, p.crops)
+    moved = L.relocate(ledger, p.source, p.crops, run.members_of(p.source))
     if moved:
         notes.append(_note("relocated", p, f"{p.source}/{p.name}: {moved} members' photos recorded at their new path"))
     if p.kind == "identities":
@@ -571,6 +632,34 @@ def run_merge(
         return _merge_locked(batches, face_tables, swap_ready, settings, {f"eras:{n}": n for n, _ in eras})
 
 
+def link_kept_crops(ledger: L.Ledger, batches: Sequence[ExportBatch], swap_ready: Path) -> int:
+    """``.faces/<key>.png`` as a hard link of the export's crop, for members and candidates that
+    come from an export whose files are never rewritten in place (``immutable_files``, written by
+    export-swap: its crops are themselves links to the crop cache), so a crop is stored once.
+    ``decisions.curate`` then finds them kept and keeps the rest (other exports') as copies.
+    Returns how many were linked."""
+    fixed = {b.export_dir for b in batches if b.manifest.get("immutable_files")}
+    if not fixed:
+        return 0
+    srcs: dict[str, Path] = {}
+    for ident in ledger.identities:
+        for key, m in ident.members.items():
+            if os.path.isabs(m.crop) and Path(m.crop).parent.parent.parent in fixed:  # <export>/<set>/crops/N.png
+                srcs.setdefault(key, Path(m.crop))
+    for b in batches:
+        entries = ledger.batches.get(b.source, {}).get("entries", {})
+        if b.export_dir in fixed:
+            for c in b.manifest.get("candidates") or []:
+                if c.get("nearest") in entries and D.FACE_KEY.match(c.get("face_key", "")):
+                    srcs.setdefault(c["face_key"], b.export_dir / c.get("file", ""))
+    linked = 0
+    for key, src in srcs.items():
+        dest = swap_ready / D.FACES_DIR / f"{key}.png"
+        if not dest.exists() and src.is_file():
+            linked += link_or_copy(src, dest)
+    return linked
+
+
 def _merge_locked(
     batches: Sequence[ExportBatch],
     face_tables: Sequence[Path],
@@ -583,10 +672,12 @@ def _merge_locked(
     changes = merge_batches(ledger, batches, face_tables, settings, parents, swap_ready)
     # Curation (facesets.decisions): the ledger stays as found; the library is built from the
     # decided view of it. Stops naming the decisions file and line before anything is built.
+    link_kept_crops(ledger, batches, swap_ready)  # before curate keeps the rest (as copies)
     view = D.curate(ledger, [(b.source, b.export_dir, b.manifest) for b in batches], swap_ready, settings.decisions)
     built = replace(ledger, identities=view.library())
     # New members' crops are copied from the exports now (later exports renumber their files).
-    rebuilt = [i.name for i in built.identities if build_identity(i, swap_ready, settings.top_n)]
+    made = export_bundles(batches)
+    rebuilt = [i.name for i in built.identities if build_identity(i, swap_ready, settings.top_n, made)]
     for stale in stale_folders(built, swap_ready):  # renamed, or moved in or out of _thin/
         shutil.rmtree(stale)
     D.prune(swap_ready, built.identities, identity_dir)  # merged, hidden, split-off, rejected: gone
