@@ -11,22 +11,31 @@
 
 Both are pure functions of the stage outputs; rules/report.smk marks their outputs with
 Snakemake's ``report()`` flag (captions in ``report/*.rst``).
+
+Sheets are incremental: each has a digest of what it draws (``sheet_digest``: the set's entry,
+its crops' identity, the sheet options, ``SHEET_VERSION``); with a cache folder (``SheetCache``)
+a sheet whose digest is known is hard-linked from there (same inode, bytes and mtime as before)
+and only the others are drawn, in a thread pool of ``workers``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 from facesets import ledger as L
-from facesets.atomic import staged_dir, write_text
+from facesets.atomic import TMP_PREFIX, atomic_path, staged_dir, write_text
+from facesets.links import link_or_copy
 from facesets.manifests import (
     EXPORT_MANIFEST,
     LEDGER,
@@ -172,17 +181,124 @@ def sheet_name(faceset: str) -> str:
     return f"{safe or '_'}.png"
 
 
-def contact_sheets(export_dir: Path, out_dir: Path, opts: SheetOptions) -> list[Path]:
-    """One PNG per face set of the export into ``out_dir`` (replaced atomically as a folder)."""
+SHEET_VERSION = 1  # bump when render_sheet draws differently: the sheet cache is keyed by it
+
+
+def crop_signature(path: Path) -> list[int] | None:
+    """What identifies a crop file's bytes here: (inode, size, mtime ns). Crops are only ever
+    replaced, never rewritten, so new bytes mean a new signature (a new inode at least)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # drawn as "unreadable": the digest says so too
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def sheet_digest(payload: object, opts: SheetOptions) -> str:
+    """The cache key of a sheet: everything it draws (``payload``, JSON) and how (options, version)."""
+    blob = json.dumps([SHEET_VERSION, asdict(opts), payload], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def export_sheet_digest(export_dir: Path, entry: Mapping, source: str, opts: SheetOptions) -> str:
+    """An export set's sheet digest: its entry (the export's ``digest`` of the crops' content keys
+    stands for their pixels; an entry without one: the shown crops' file signatures)."""
+    pixels = entry.get("digest") or [
+        crop_signature(export_dir / c["file"]) for c in entry.get("crops", [])[: opts.max_tiles + 1]
+    ]
+    return sheet_digest({"entry": entry, "source": source, "pixels": pixels}, opts)
+
+
+@dataclass
+class SheetCache:
+    """Finished sheets by digest (``<folder>/<digest>.png``), placed into the output as hard links.
+
+    ``folder`` None: nothing cached, every sheet drawn. ``prune`` after the output folder was
+    swapped in removes the sheets this run did not use (one cache folder per output)."""
+
+    folder: Path | None
+    used: set[str] = field(default_factory=set)
+    drawn: int = 0
+    reused: int = 0
+
+    def entry(self, digest: str) -> Path | None:
+        return self.folder / f"{digest}.png" if self.folder is not None else None
+
+    def prune(self) -> int:
+        if self.folder is None or not self.folder.is_dir():
+            return 0
+        gone = [p for p in self.folder.iterdir() if p.name not in self.used]
+        for p in gone:
+            p.unlink(missing_ok=True)
+        return len(gone)
+
+
+@dataclass(frozen=True)
+class SheetJob:
+    name: str  # file name in the output folder
+    digest: str
+    draw: Callable[[], Image.Image]
+
+
+def _save(img: Image.Image, dest: Path) -> None:
+    with atomic_path(dest) as tmp:
+        img.save(tmp, format="PNG", optimize=True)
+
+
+def write_sheets(jobs: Sequence[SheetJob], tmp: Path, cache: SheetCache, workers: int) -> None:
+    """Each job's sheet into ``tmp``: linked from the cache when its digest is there, else drawn
+    (``workers`` at a time) into the cache and linked (drawn straight into ``tmp`` without one)."""
+
+    def one(job: SheetJob) -> bool:
+        cached = cache.entry(job.digest)
+        if cached is not None and cached.exists():
+            try:
+                link_or_copy(cached, tmp / job.name)
+                return False
+            except FileNotFoundError:
+                pass  # removed meanwhile: draw it
+        if cached is None:
+            _save(job.draw(), tmp / job.name)
+        else:
+            _save(job.draw(), cached)
+            link_or_copy(cached, tmp / job.name)
+        return True
+
+    if cache.folder is not None:
+        cache.folder.mkdir(parents=True, exist_ok=True)
+        for p in cache.folder.glob(f"{TMP_PREFIX}*"):  # a killed run's half-written sheet
+            p.unlink(missing_ok=True)
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # Pillow's resize and zlib release the GIL
+        for job, drawn in zip(jobs, pool.map(one, jobs), strict=True):
+            cache.used.add(f"{job.digest}.png")
+            cache.drawn += drawn
+            cache.reused += not drawn
+    log.info("contact sheets: %d drawn, %d unchanged (linked from the cache)", cache.drawn, cache.reused)
+
+
+def contact_sheets(
+    export_dir: Path, out_dir: Path, opts: SheetOptions, cache: Path | None = None, workers: int = 1
+) -> list[Path]:
+    """One PNG per face set of the export into ``out_dir`` (replaced atomically as a folder).
+
+    ``cache``: a folder of this output's finished sheets (only changed sets are drawn);
+    ``workers``: sheets drawn at once."""
     export_dir, out_dir = Path(export_dir), Path(out_dir)
     manifest = read_export_manifest(export_dir)
-    written = []
+    source = manifest.get("source", "")
+    jobs = [
+        SheetJob(
+            sheet_name(entry.get("name", "faceset")),
+            export_sheet_digest(export_dir, entry, source, opts),
+            lambda entry=entry: render_sheet(export_dir, entry, source, opts),
+        )
+        for entry in manifest["facesets"]
+    ]
+    sheets = SheetCache(Path(cache) if cache is not None else None)
     with staged_dir(out_dir) as tmp:
-        for entry in manifest["facesets"]:
-            dest = tmp / sheet_name(entry.get("name", "faceset"))
-            render_sheet(export_dir, entry, manifest.get("source", ""), opts).save(dest, optimize=True)
-            written.append(out_dir / dest.name)
-    return written
+        write_sheets(jobs, tmp, sheets, workers)
+    sheets.prune()
+    return [out_dir / j.name for j in jobs]
 
 
 # ---------------------------------------------------------------- the library
@@ -263,22 +379,37 @@ def library_identities(swap_ready: Path) -> tuple[list[LibraryIdentity], list[di
     return out, [n for b in ledger.batches.values() for n in b.get("notes", [])]
 
 
-def library_sheets(swap_ready: Path, out_dir: Path, opts: SheetOptions) -> list[Path]:
-    """One PNG per library identity, ``<number>_<name>.png``, from the library's own crops."""
+def library_sheets(
+    swap_ready: Path, out_dir: Path, opts: SheetOptions, cache: Path | None = None, workers: int = 1
+) -> list[Path]:
+    """One PNG per library identity, ``<number>_<name>.png``, from the library's own crops.
+
+    A sheet's digest: the identity's manifest (members, ranks, scores), title, details and the
+    signatures of the crops it shows; ``cache``/``workers`` as for ``contact_sheets``."""
     swap_ready, out_dir = Path(swap_ready), Path(out_dir)
     idents, _ = library_identities(swap_ready)
-    written = []
+    jobs = []
+    for ident in idents:
+        d = swap_ready / ident.dir
+        entry = read_json(d / SET_MANIFEST, f"the manifest of identity #{ident.number} (run manifest-merge)")
+        entry = {**entry, "unique_images": ident.photos}
+        title = f"#{ident.number}  {ident.name}"
+        shown = sorted(entry.get("crops", []), key=lambda c: -(c.get("score") or 0.0))[: opts.max_tiles]
+        payload = {
+            "entry": entry,
+            "title": title,
+            "details": ident.details(),
+            "pixels": [crop_signature(d / c["file"]) for c in shown],
+        }
+        draw = lambda d=d, entry=entry, title=title, ident=ident: render_sheet(  # noqa: E731
+            d, entry, "", opts, title=title, details=ident.details()
+        )
+        jobs.append(SheetJob(ident.sheet, sheet_digest(payload, opts), draw))
+    sheets = SheetCache(Path(cache) if cache is not None else None)
     with staged_dir(out_dir) as tmp:
-        for ident in idents:
-            d = swap_ready / ident.dir
-            entry = read_json(d / SET_MANIFEST, f"the manifest of identity #{ident.number} (run manifest-merge)")
-            entry = {**entry, "unique_images": ident.photos}
-            title = f"#{ident.number}  {ident.name}"
-            render_sheet(d, entry, "", opts, title=title, details=ident.details()).save(
-                tmp / ident.sheet, optimize=True
-            )
-            written.append(out_dir / ident.sheet)
-    return written
+        write_sheets(jobs, tmp, sheets, workers)
+    sheets.prune()
+    return [out_dir / j.name for j in jobs]
 
 
 _NOTE_TITLES = {
@@ -329,9 +460,11 @@ def render_library_html(idents: Sequence[LibraryIdentity], notes: Sequence[dict]
     return "".join(parts)
 
 
-def library_report(swap_ready: Path, out_dir: Path, page: Path, opts: SheetOptions) -> list[Path]:
+def library_report(
+    swap_ready: Path, out_dir: Path, page: Path, opts: SheetOptions, cache: Path | None = None, workers: int = 1
+) -> list[Path]:
     """``facesets library-report``: the per-identity sheets into ``out_dir`` and the overview ``page``."""
-    written = library_sheets(swap_ready, out_dir, opts)
+    written = library_sheets(swap_ready, out_dir, opts, cache, workers)
     idents, notes = library_identities(swap_ready)
     write_text(page, render_library_html(idents, notes, Path(out_dir).name + "/"))
     return written

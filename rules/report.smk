@@ -2,6 +2,8 @@
 # sheet per library identity under its number and name, an overview page with what the merge
 # reported), then per source and face set a contact sheet of the exported crops with their
 # quality scores; one page of run statistics. Categories sort by name: the numbers order them.
+# Sheets are cached by a digest of what they draw (work/cache/sheets/), so a rerun after new
+# photos draws only the sheets of sets that changed and links the rest (issue #18).
 rule library_report:
     input:
         manifest=f"{OUTPUT}/facesets_swap_ready/manifest.json",
@@ -24,14 +26,17 @@ rule library_report:
         ),
     params:
         swap_ready=lambda w, input: os.path.dirname(input.manifest),
-        settings=lambda w: json.dumps(config["report"], sort_keys=True),
+        settings=lambda w: json.dumps(what_not_how_fast(config["report"]), sort_keys=True),
+        # finished sheets by digest: only identities that changed are drawn again (not an output)
+        cache=f"{WORK}/cache/sheets/_library",
+    threads: lambda w: config["report"]["workers"] or workflow.cores
     log:
         f"{WORK}/logs/report/library.log",
     conda:
         "../envs/facesets.yaml"
     shell:
         "facesets library-report {params.swap_ready:q} {output.sheets:q} --page {output.page:q}"
-        " --report-settings {params.settings:q} 2> {log:q}"
+        " --report-settings {params.settings:q} --cache {params.cache:q} --workers {threads} 2> {log:q}"
 
 
 rule contact_sheets:
@@ -47,13 +52,17 @@ rule contact_sheets:
             labels={"source": "{source}", "face set": "{faceset}"},
         ),
     params:
-        settings=lambda w: json.dumps(config["report"], sort_keys=True),
+        settings=lambda w: json.dumps(what_not_how_fast(config["report"]), sort_keys=True),
+        # finished sheets by digest: only face sets that changed are drawn again (not an output)
+        cache=lambda w: f"{WORK}/cache/sheets/{w.source}",
+    threads: lambda w: config["report"]["workers"] or workflow.cores
     log:
         f"{WORK}/logs/report/{{source}}.contact_sheets.log",
     conda:
         "../envs/facesets.yaml"
     shell:
-        "facesets contact-sheets {input.export:q} {output:q} --report-settings {params.settings:q} 2> {log:q}"
+        "facesets contact-sheets {input.export:q} {output:q} --report-settings {params.settings:q}"
+        " --cache {params.cache:q} --workers {threads} 2> {log:q}"
 
 
 rule run_stats:

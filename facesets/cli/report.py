@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from facesets.cli.common import section_flags, section_settings
-from facesets.options import build
+from facesets.options import build, threads
 
 FLAGS = {"columns": int, "thumb": int, "max_tiles": int}
 
@@ -20,6 +20,8 @@ def cmd_contact_sheets(args: argparse.Namespace) -> int:
         Path(args.export),
         Path(args.out),
         build(SheetOptions, "report", s),
+        cache=Path(args.cache) if args.cache else None,
+        workers=threads(s["workers"] if args.workers is None else args.workers),
     )
     print(json.dumps({"sheets": len(written), "out": args.out}))
     return 0
@@ -34,6 +36,8 @@ def cmd_library_report(args: argparse.Namespace) -> int:
         Path(args.out),
         Path(args.page),
         build(SheetOptions, "report", s),
+        cache=Path(args.cache) if args.cache else None,
+        workers=threads(s["workers"] if args.workers is None else args.workers),
     )
     print(json.dumps({"sheets": len(written), "out": args.out, "page": args.page}))
     return 0
@@ -54,11 +58,17 @@ def cmd_run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _incremental_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", help="folder of this output's finished sheets: only changed sets are drawn again")
+    p.add_argument("--workers", type=int, help="sheets drawn at once (default: report.workers; 0 = all cores)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     cs = sub.add_parser("contact-sheets", help="one PNG per exported face set: its crops with their quality scores")
     cs.add_argument("export", help="export folder (with manifest.json) from `facesets export-swap`")
     cs.add_argument("out", help="output folder of <faceset>.png (replaced atomically)")
     section_flags(cs, "report", FLAGS)
+    _incremental_args(cs)
     cs.set_defaults(func=cmd_contact_sheets)
 
     lr = sub.add_parser("library-report", help="the library: one contact sheet per identity + an overview page")
@@ -66,6 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lr.add_argument("out", help="output folder of <number>_<name>.png (replaced atomically)")
     lr.add_argument("--page", required=True, help="the overview page (.html)")
     section_flags(lr, "report", {})
+    _incremental_args(lr)
     lr.set_defaults(func=cmd_library_report)
 
     rs = sub.add_parser("run-stats", help="an HTML page of run statistics per source (images ... rejections by gate)")
