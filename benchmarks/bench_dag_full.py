@@ -274,9 +274,27 @@ def write_config(tmp: Path, model_dir: Path) -> Path:
     return cfg
 
 
+def library(n: int, size: tuple[int, int], args: argparse.Namespace) -> list[Path]:
+    """The n photos: the first n of a larger library built with the same seed and size when there is one
+    (plan() is a prefix: the first n variants of a larger plan are the n-photo plan), else built."""
+    for marker in sorted(args.library_root.glob(f"library-*-{size[0]}/library.json")):
+        info = json.loads(marker.read_text())
+        p = info["params"]
+        if p["seed"] == args.seed and p["size"] == list(size) and p["n"] > n:
+            mine = [
+                dataclasses.asdict(v) | {"out": Path(v.out).name}
+                for v in plan(args.photos, marker.parent, n, args.seed)
+            ]
+            if mine == [v | {"out": Path(v["out"]).name} for v in info["variants"][:n]]:
+                want = [v["out"] for v in mine]
+                print(f"library: the first {n} photos of {marker.parent}", file=sys.stderr)
+                return [marker.parent / f for f in want]
+    return build(args.photos, args.library_root / f"library-{n}-{size[0]}", n, args.seed, procs=2, size=size)
+
+
 def bench(n: int, args: argparse.Namespace) -> dict:
     size = tuple(int(x) for x in args.size.lower().split("x"))
-    files = build(args.photos, args.library_root / f"library-{n}-{size[0]}", n, args.seed, procs=2, size=size)
+    files = library(n, size, args)
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-dag-full-{n}-", dir=args.work))
     sha = snapshot(args.commit, tmp / "code")
     photos = tmp / "photos"
@@ -409,18 +427,18 @@ def _size_section(s: dict) -> list[str]:
         f"{full['other_cpus']:.2f} CPUs on average. Disk: photos {s['disk_mb']['photos']:.0f} MiB, work "
         f"{s['disk_mb']['work']:.0f} MiB, output {s['disk_mb']['out']:.0f} MiB.",
         "",
-        "| rule | jobs | wall s | CPU s | peak RSS MiB | machine busy (CPUs) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| rule | jobs | wall s | CPU s | CPU/wall | peak RSS MiB | machine busy (CPUs) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in STAGES:
         if name in rules:
             r = rules[name]
             lines.append(
-                f"| {name} | {r['jobs']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_rss_mb']:.0f} | "
-                f"{r['busy']:.2f} |"
+                f"| {name} | {r['jobs']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['cpu_s'] / max(r['wall_s'], 1e-9):.2f} "
+                f"| {r['peak_rss_mb']:.0f} | {r['busy']:.2f} |"
             )
     lines += [
-        f"| snakemake alone (no job running) | | {full['wall_s'] - busy_wall(full):.1f} | | | |",
+        f"| snakemake alone (no job running) | | {full['wall_s'] - busy_wall(full):.1f} | | | | |",
         "",
     ]
     if "no-op rerun" in runs:
@@ -474,6 +492,18 @@ def _increment(s: dict, full: dict) -> list[str]:
     return lines
 
 
+def extrapolate(t: float, k: float | None, n: int, to: int) -> float | None:
+    return t * (to / n) ** k if k is not None and n < to else None
+
+
+def _verdict(k: float | None, cpu: float, nlogn: float) -> str:
+    if k is None:
+        return "–"
+    if cpu < STARTUP_BOUND_S:
+        return "start-up bound"
+    return "yes" if k <= nlogn + 0.02 else "**no**"
+
+
 def _exponents(sizes: list[dict]) -> list[str]:
     a, b = sizes[-2], sizes[-1]
     ra, rb = per_rule(a["runs"]["full run"]), per_rule(b["runs"]["full run"])
@@ -483,43 +513,83 @@ def _exponents(sizes: list[dict]) -> list[str]:
         f"### scaling {n1} → {n2} photos",
         "",
         f"Exponent k of t ∝ n^k per stage, log(t₂/t₁)/log(n₂/n₁); n log n is k = {nlogn:.3f} over this range. "
-        f"Faces grew {b['faces'] / a['faces']:.2f}× for {n2 / n1:.0f}× photos. A stage of a few seconds is mostly "
-        "interpreter start-up and imports (~1–2 s a job), so its exponent understates its growth. The 100k "
-        "column extrapolates the CPU time with the CPU exponent (an estimate, not a run).",
+        f"Faces grew {b['faces'] / a['faces']:.2f}× for {n2 / n1:.0f}× photos. A job of under "
+        f"{STARTUP_BOUND_S:.0f} s CPU is mostly interpreter start-up and imports (~1 s a job), so its exponent "
+        'understates its growth ("start-up bound"). The 10k and 100k columns extrapolate the CPU time with the '
+        "CPU exponent: estimates, not runs.",
         "",
-        f"| rule | CPU s @{n1} | CPU s @{n2} | k (CPU) | k (wall) | peak RSS MiB @{n1} → @{n2} | est. CPU s @100k | "
-        "≤ n log n? |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        f"| rule | CPU s @{n1} | CPU s @{n2} | k (CPU) | k (wall) | peak RSS MiB @{n1} → @{n2} | est. CPU s @10k | "
+        "est. CPU s @100k | ≤ n log n? |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    total_est = 0.0
+    tot10 = tot100 = 0.0
     for name in STAGES:
         if name not in ra or name not in rb:
             continue
         x, y = ra[name], rb[name]
         kc = exponent(x["cpu_s"], y["cpu_s"], n1, n2)
         kw = exponent(x["wall_s"], y["wall_s"], n1, n2)
-        est = y["cpu_s"] * (100_000 / n2) ** kc if kc is not None and n2 < 100_000 else None
-        total_est += est or 0.0
-        if kc is None:
-            verdict = "–"
-        elif y["cpu_s"] < STARTUP_BOUND_S:
-            verdict = "start-up bound"
-        else:
-            verdict = "yes" if kc <= nlogn + 0.02 else "**no**"
+        e10, e100 = extrapolate(y["cpu_s"], kc, n2, 10_000), extrapolate(y["cpu_s"], kc, n2, 100_000)
+        tot10 += e10 or 0.0
+        tot100 += e100 or 0.0
         lines.append(
             f"| {name} | {x['cpu_s']:.1f} | {y['cpu_s']:.1f} | {_fmt(kc)} | {_fmt(kw)} | "
-            f"{x['peak_rss_mb']:.0f} → {y['peak_rss_mb']:.0f} | {_fmt(est, 0)} | {verdict} |"
+            f"{x['peak_rss_mb']:.0f} → {y['peak_rss_mb']:.0f} | {_fmt(e10, 0)} | {_fmt(e100, 0)} | "
+            f"{_verdict(kc, y['cpu_s'], nlogn)} |"
         )
     fa, fb = a["runs"]["full run"], b["runs"]["full run"]
-    na, nb = a["runs"]["no-op rerun"], b["runs"]["no-op rerun"]
     lines += [
-        f"| whole run | {fa['cpu_s']:.1f} | {fb['cpu_s']:.1f} | {_fmt(exponent(fa['cpu_s'], fb['cpu_s'], n1, n2))} | "
-        f"{_fmt(exponent(fa['wall_s'], fb['wall_s'], n1, n2))} | | {total_est:.0f} (stages) | |",
-        f"| no-op rerun | {na['cpu_s']:.1f} | {nb['cpu_s']:.1f} | {_fmt(exponent(na['cpu_s'], nb['cpu_s'], n1, n2))} | "
-        f"{_fmt(exponent(na['wall_s'], nb['wall_s'], n1, n2))} | | | |",
+        f"| whole command | {fa['cpu_s']:.1f} | {fb['cpu_s']:.1f} | {_fmt(exponent(fa['cpu_s'], fb['cpu_s'], n1, n2))} | "
+        f"{_fmt(exponent(fa['wall_s'], fb['wall_s'], n1, n2))} | | {tot10:.0f} (stages) | {tot100:.0f} (stages) | |",
+        "",
+    ]
+    if "+10 photos" in a["runs"] and "+10 photos" in b["runs"]:
+        lines += _increment_scaling(a, b, tot10)
+    return lines
+
+
+def _increment_scaling(a: dict, b: dict, full10: float) -> list[str]:
+    n1, n2 = a["n"], b["n"]
+    ia, ib = per_rule(a["runs"]["+10 photos"]), per_rule(b["runs"]["+10 photos"])
+    na, nb = a["runs"]["no-op rerun"], b["runs"]["no-op rerun"]
+    lines = [
+        f"The increment (+10 photos) and the no-op rerun, {n1} → {n2} photos (CPU s; 10k extrapolated):",
+        "",
+        f"| rule | +10 @{n1} | +10 @{n2} | k | est. +10 @10k |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    tot = 0.0
+    for name in STAGES:
+        if name not in ia and name not in ib:
+            continue
+        x, y = ia.get(name, {}).get("cpu_s", 0.0), ib.get(name, {}).get("cpu_s", 0.0)
+        k = exponent(x, y, n1, n2)
+        e = extrapolate(y, k, n2, 10_000)
+        tot += e if e is not None else y
+        lines.append(f"| {name} | {x:.1f} | {y:.1f} | {_fmt(k)} | {_fmt(e, 1)} |")
+    kn = exponent(na["cpu_s"], nb["cpu_s"], n1, n2)
+    noop10 = extrapolate(nb["cpu_s"], kn, n2, 10_000)
+    lines += [
+        f"| **+10 photos, all jobs** | {a['runs']['+10 photos']['cpu_s']:.1f} | {b['runs']['+10 photos']['cpu_s']:.1f} "
+        f"| | {tot:.0f} = **{100 * tot / max(full10, 1e-9):.0f} % of the full run's {full10:.0f}** |",
+        f"| no-op rerun (snakemake alone) | {na['cpu_s']:.1f} | {nb['cpu_s']:.1f} | {_fmt(kn)} | {_fmt(noop10, 1)} |",
         "",
     ]
     return lines
+
+
+NOTES = "### notes"  # a hand-written last subsection of the section, kept when the numbers are re-rendered
+
+
+def kept_notes(out: Path) -> str:
+    """The section's hand-written NOTES subsection as it stands in ``out`` (or "")."""
+    lines = out.read_text(encoding="utf-8").splitlines(keepends=True) if out.exists() else []
+    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
+    if start is None:
+        return ""
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    notes = next((i for i in range(start, end) if lines[i].startswith(NOTES)), None)
+    return "\n" + "".join(lines[notes:end]).rstrip("\n") + "\n" if notes is not None else ""
 
 
 def load_sizes(work: Path) -> list[dict]:
@@ -555,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
             meta_path.write_text(json.dumps(meta, indent=1))
     meta = json.loads(meta_path.read_text())
     text = render(load_sizes(args.work), meta["machine"], meta["date"], "`; `".join(meta["commands"]))
+    text += kept_notes(args.out)
     report.write_section(args.out, SECTION, text, HEADER)
     print(text)
     return 0
