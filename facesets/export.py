@@ -505,7 +505,6 @@ def bundle_cache(crop_cache: Path | None, source: str) -> BundleCache:
     return BundleCache(Path(crop_cache) / BUNDLES_DIR / safe_name(source or "export"))
 
 
-
 def run_export(
     faces_path: Path,
     refine_manifest: Path,

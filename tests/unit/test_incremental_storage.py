@@ -191,7 +191,13 @@ def _export(root: Path, keys: list[str], immutable: bool) -> Path:
     write_fsz_from_files(d / "faceset_001" / "faceset_001_top2.fsz", files[:2])
     entry = {"name": "faceset_001", "centroid": [1.0] + [0.0] * 7, "crops": crops,
              "bundles": {"top": "faceset_001/faceset_001_top2.fsz", "all": "faceset_001/faceset_001_all.fsz"}}  # fmt: skip
-    man = {"version": 1, "source": "s1", "model_id": "opencv-yunet-sface-2021dec-test", "settings": {"top_n": 2}, "facesets": [entry]}
+    man = {
+        "version": 1,
+        "source": "s1",
+        "model_id": "opencv-yunet-sface-2021dec-test",
+        "settings": {"top_n": 2},
+        "facesets": [entry],
+    }
     if immutable:
         man["immutable_files"] = True
     (d / "manifest.json").write_text(json.dumps(man))
