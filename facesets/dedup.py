@@ -11,7 +11,8 @@ even from the same burst, is not one. Two stages (docs/dedup.md has the measurem
    content (uniform borders trimmed first, so letterboxing does not change it) within
    ``phash_distance`` bits, and (b) two faces of different photos whose embeddings are
    within ``face_distance`` (cosine) of each other, which catches crops the hash misses.
-2. Verification of each candidate pair on pixels: both photos are decoded in grey, trimmed
+2. Verification of each candidate pair on pixels: both photos are decoded in grey (a JPEG's
+   own luma channel, DCT-scaled to at least twice the working size: ``imageio.decode(grey=True)``), trimmed
    and scaled to ``work_size`` on the long side; the second is aligned onto the first by a
    similarity transform (a plain resize when the aspect ratios agree, else ORB features +
    RANSAC, at least ``min_inliers`` inliers); then the aligned pixels must agree: the overlap
@@ -23,8 +24,8 @@ even from the same burst, is not one. Two stages (docs/dedup.md has the measurem
 
 Verified pairs are joined transitively (union-find); groups are numbered ``nd_0001`` ... in
 the order of their first member's path. Per-image hashes are cached by sha256 under
-``<cache_dir>/phash-v1/`` and pair verdicts by both sha256s and a settings digest under
-``<cache_dir>/verdict-v3/`` (facesets/segcache.py), so a rerun hashes only new photos and
+``<cache_dir>/phash-v2/`` and pair verdicts by both sha256s and a settings digest under
+``<cache_dir>/verdict-v4/`` (facesets/segcache.py), so a rerun hashes only new photos and
 verifies only new pairs; pairs already joined through others are never verified
 (``verify_pairs``).
 """
@@ -56,7 +57,7 @@ from facesets.segcache import SegmentCache
 log = logging.getLogger(__name__)
 
 VERSION = 1
-HASH_VERSION = 1
+HASH_VERSION = 2  # 2: hashed from the JPEG's own luma (decode(grey=True)), not RGB -> grey
 GRID = 8
 TRIM_TOLERANCE = 12  # grey levels: a border row/column this flat is padding
 CELL_RMS_SCALE = 32.0  # grey levels: a cell also scores 1 - rms/32 (0.5 at 16 levels rms: a flat cell passes)
@@ -132,8 +133,13 @@ def load_grey(path: str, size: int, max_pixels: int = 250_000_000, decode_side: 
 
     ``decode_side``: the long side to decode at least (JPEG DCT scaling); default ``2 * size``.
     """
-    dec = imageio.decode(path, target_long_side=decode_side or size * 2, max_pixels=max_pixels)
-    return scaled(trim_borders(cv2.cvtColor(dec.rgb, cv2.COLOR_RGB2GRAY)), size)
+    dec = imageio.decode(path, target_long_side=decode_side or size * 2, max_pixels=max_pixels, grey=True)
+    return scaled(trim_borders(grey_pixels(dec)), size)
+
+
+def grey_pixels(dec: imageio.Decoded) -> np.ndarray:
+    """The grey plane of a ``decode(grey=True)``: a JPEG's own luma, else RGB -> grey (BT.601)."""
+    return dec.rgb if dec.rgb.ndim == 2 else cv2.cvtColor(dec.rgb, cv2.COLOR_RGB2GRAY)
 
 
 def scaled(grey: np.ndarray, size: int) -> np.ndarray:
@@ -213,8 +219,8 @@ def compare_aligned(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> tuple[float,
     af = cv2.GaussianBlur(a.astype(np.float32), (0, 0), 1.2)
     bf = cv2.GaussianBlur(bw.astype(np.float32), (0, 0), 1.2)
     ncc = _ncc(af[mask], bf[mask])
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))  # the mask's bounding box
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     worst = 1.0
     for gy in range(GRID):
         for gx in range(GRID):
@@ -244,6 +250,32 @@ def orb_features(img: np.ndarray) -> OrbFeatures:
     return np.float32([k.pt for k in kp]).reshape(-1, 2), desc
 
 
+RATIO = 0.8  # Lowe's ratio test: the nearest descriptor must be this much nearer than the second
+
+
+def ratio_matches(query: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(query index, train index) of the ``query`` descriptors whose nearest ``train``
+    descriptor passes the ratio test, in query order.
+
+    Exact Hamming 2-NN by faiss's binary flat index: the matches of OpenCV's
+    ``BFMatcher(NORM_HAMMING).knnMatch(query, train, k=2)`` (tests/stage/test_dedup_draft.py
+    compares them), ~5x faster. Distances are integers and a tie for the nearest fails the
+    test whichever index comes first, so the result does not depend on tie order.
+    """
+    import faiss
+
+    index = faiss.IndexBinaryFlat(train.shape[1] * 8)
+    index.add(np.ascontiguousarray(train, np.uint8))
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # this thread's OpenMP setting: dedup's pool is the parallelism
+    try:  # (OpenMP threads inside each pool thread wait on each other: 20x slower on a busy machine)
+        dist, idx = index.search(np.ascontiguousarray(query, np.uint8), 2)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    good = np.flatnonzero((idx[:, 1] >= 0) & (dist[:, 0] < RATIO * dist[:, 1]))
+    return good, idx[good, 0]
+
+
 def _orb_transform(
     a: np.ndarray, b: np.ndarray, fa: OrbFeatures | None = None, fb: OrbFeatures | None = None
 ) -> tuple[np.ndarray | None, int]:
@@ -253,12 +285,11 @@ def _orb_transform(
     pb_, db = fb if fb is not None else orb_features(b)
     if da is None or db is None or len(pa_) < 8 or len(pb_) < 8:
         return None, 0
-    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(db, da, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < 0.8 * p[1].distance]
-    if len(good) < 8:
+    query, train = ratio_matches(db, da)
+    if len(query) < 8:
         return None, 0
-    src = np.float32([pb_[g.queryIdx] for g in good])
-    dst = np.float32([pa_[g.trainIdx] for g in good])
+    src = pb_[query]
+    dst = pa_[train]
     m, inl = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0)
     if m is None:
         return None, 0
@@ -266,7 +297,8 @@ def _orb_transform(
 
 
 def refine_transform(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Sub-pixel refinement of ``m`` (b -> a) by ECC on the grey images; ``m`` unchanged if ECC fails."""
+    """Sub-pixel refinement of ``m`` (b -> a) by ECC on the grey images; ``m`` itself (the same
+    object) if ECC fails or wants more than a small correction."""
     warp = cv2.invertAffineTransform(m).astype(np.float32)  # ECC's warp maps a's pixels into b
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-5)
     try:
@@ -296,21 +328,37 @@ def verify_pair(
 ) -> Match:
     """Is ``b`` the same photo as ``a`` (grey working copies from ``load_grey``)?
 
+    The pair passes if any of three alignments passes: (1) a plain resize (same aspect ratio
+    only), (2) ORB + RANSAC (ECC-refined if it fails as given), (3) the resize refined by ECC
+    (if phase correlation finds a shift ECC may correct). They are tried cheapest first: the
+    ECC of (3), the costliest step, only runs when (1) and (2) failed (the verdict is the same
+    in any order; the reported ``how`` is the first that passed).
+
     ``features``: returns both photos' ``orb_features`` (memoised per photo by the caller);
     without it they are computed here.
     """
     ha, wa = a.shape
     hb, wb = b.shape
+    resize = None
     if abs(math.log((wa / ha) / (wb / hb))) < 0.03:  # same aspect ratio: try a plain resize first
-        m = np.array([[wa / wb, 0, 0], [0, ha / hb, 0]], np.float64)
-        passed, ov, ncc, cell = _aligned_check(a, b, m, opts, refine=_small_shift(a, b))
+        resize = np.array([[wa / wb, 0, 0], [0, ha / hb, 0]], np.float64)
+        passed, ov, ncc, cell = _aligned_check(a, b, resize, opts, refine=False)
         if passed:
             return Match(True, "resize", 0, ov, ncc, cell)
     m, inliers = _orb_transform(a, b, *(features() if features is not None else (None, None)))
     if m is None or inliers < opts.min_inliers:
-        return Match(False, "orb", inliers)
-    passed, ov, ncc, cell = _aligned_check(a, b, m, opts)
-    return Match(passed, "orb", inliers, ov, ncc, cell)
+        orb = Match(False, "orb", inliers)
+    else:
+        passed, ov, ncc, cell = _aligned_check(a, b, m, opts)
+        orb = Match(passed, "orb", inliers, ov, ncc, cell)
+    if orb.ok or resize is None or not _small_shift(a, b):
+        return orb
+    refined = refine_transform(a, b, resize)
+    if refined is resize:
+        return orb  # ECC failed or wanted a large correction: the resize as given failed already
+    shares, ncc, cell = compare_aligned(a, b, refined)
+    ov = overlap_of(opts, shares)
+    return Match(True, "resize", 0, ov, ncc, cell) if _passes(opts, ov, ncc, cell) else orb
 
 
 ECC_MAX_SHIFT = 8.0  # px: refine_transform accepts no larger correction of the translation
@@ -342,7 +390,10 @@ def _aligned_check(
     ov = overlap_of(opts, shares)
     if _passes(opts, ov, ncc, cell) or not refine:
         return _passes(opts, ov, ncc, cell), ov, ncc, cell
-    shares, ncc, cell = compare_aligned(a, b, refine_transform(a, b, m))
+    refined = refine_transform(a, b, m)
+    if refined is m:  # no correction: the same comparison again would fail the same way
+        return False, ov, ncc, cell
+    shares, ncc, cell = compare_aligned(a, b, refined)
     ov = overlap_of(opts, shares)
     return _passes(opts, ov, ncc, cell), ov, ncc, cell
 
@@ -390,17 +441,14 @@ def face_pairs(faces: pd.DataFrame, image_index: dict[str, int], max_distance: f
 def _hash_one(path: str, sha: str, opts: DedupOptions, keep: dict | None = None) -> dict:
     """The photo's hash row; with ``keep``, its verification working copy goes there (same decode)."""
     try:
-        dec = imageio.decode(path, target_long_side=work_decode_side(opts), max_pixels=opts.max_pixels)
-        grey = trim_borders(cv2.cvtColor(dec.rgb, cv2.COLOR_RGB2GRAY))
+        dec = imageio.decode(path, target_long_side=work_decode_side(opts), max_pixels=opts.max_pixels, grey=True)
+        grey = trim_borders(grey_pixels(dec))
         if keep is not None:
             keep[sha] = scaled(grey, opts.work_size)
         small = grey if work_decode_side(opts) == 2 * HASH_SIDE else None
         if small is None:  # another decode side than the hash's own: decode as the hash always did
             small = trim_borders(
-                cv2.cvtColor(
-                    imageio.decode(path, target_long_side=2 * HASH_SIDE, max_pixels=opts.max_pixels).rgb,
-                    cv2.COLOR_RGB2GRAY,
-                )
+                grey_pixels(imageio.decode(path, target_long_side=2 * HASH_SIDE, max_pixels=opts.max_pixels, grey=True))
             )
         return {"sha256": sha, "phash": phash(scaled(small, HASH_SIDE)), "error": None}
     except imageio.ImageLoadError as exc:
@@ -545,7 +593,7 @@ class PairFailure:
     error: str
 
 
-VERDICT_VERSION = 3  # bump when verification changes in a way the settings do not show
+VERDICT_VERSION = 4  # bump when verification changes in a way the settings do not show (4: luma decode)
 VERDICT_SCHEMA = pa.schema(
     [
         ("pair", pa.string()),

@@ -122,7 +122,7 @@ class ImageMeta:
 
 @dataclass(frozen=True)
 class Decoded:
-    rgb: np.ndarray  # H x W x 3 uint8, oriented
+    rgb: np.ndarray  # H x W x 3 uint8, oriented (H x W grey from decode(grey=True))
     scale: float  # original oriented pixels per decoded pixel (>= 1)
     meta: ImageMeta
 
@@ -232,17 +232,21 @@ def decode(
     path: Source,
     target_long_side: int | None = None,
     max_pixels: int = 250_000_000,
+    grey: bool = False,
 ) -> Decoded:
     """Decode an image, oriented and as 8-bit RGB; ``path`` may be an open binary file.
 
     With ``target_long_side``, JPEGs decode at the smallest DCT scale whose long side is
-    still >= the target (never smaller), other formats decode fully. Raises only
-    ``ImageLoadError`` (``ImageReadError`` for I/O conditions).
+    still >= the target (never smaller), other formats decode fully. With ``grey``, a
+    colour (YCbCr) JPEG decodes its luma channel only (no chroma, no colour conversion) and
+    an image whose pixels are grey (mode L) stays grey: ``rgb`` is then H x W; anything
+    else still comes back RGB (H x W x 3). Raises only ``ImageLoadError``
+    (``ImageReadError`` for I/O conditions).
     """
     name = _name(path)
     with _open(path) as im:
         try:
-            return _decode_open(im, target_long_side, max_pixels, name)
+            return _decode_open(im, target_long_side, max_pixels, name, grey)
         except ImageLoadError:
             raise
         except OSError as exc:
@@ -256,22 +260,29 @@ def decode(
             raise ImageLoadError(f"cannot decode: {_describe(exc)}", name) from None
 
 
-def _decode_open(im: Image.Image, target_long_side: int | None, max_pixels: int, name: str | None) -> Decoded:
+def _decode_open(
+    im: Image.Image, target_long_side: int | None, max_pixels: int, name: str | None, grey: bool = False
+) -> Decoded:
     w0, h0 = im.size
     if w0 * h0 > max_pixels:  # from the header, before anything else touches the file
         raise ImageLoadError(f"image too large: {w0}x{h0} pixels exceeds max_pixels={max_pixels}", name)
     meta = _meta(im)
+    mode = "L" if grey else "RGB"
     if target_long_side and im.format == "JPEG" and max(w0, h0) > target_long_side:
         r = target_long_side / max(w0, h0)
-        im.draft("RGB", (math.ceil(w0 * r), math.ceil(h0 * r)))
+        im.draft(mode, (math.ceil(w0 * r), math.ceil(h0 * r)))
+    elif grey and im.format == "JPEG":
+        im.draft(mode, None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         im.load()
     scale = w0 / im.size[0]
-    rgb = _to_rgb(im)
+    rgb = im if grey and im.mode == "L" else _to_rgb(im)
     for op in _TRANSPOSE.get(meta.orientation, []):
         rgb = rgb.transpose(op)
     arr = np.asarray(rgb, dtype=np.uint8)
+    if arr.ndim == 2 and grey and arr.size:
+        return Decoded(rgb=np.ascontiguousarray(arr), scale=scale, meta=meta)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.size == 0:
         raise ImageLoadError(f"unsupported pixel layout {arr.shape}", name)
     return Decoded(rgb=np.ascontiguousarray(arr), scale=scale, meta=meta)
