@@ -473,7 +473,7 @@ def _increment(s: dict, full: dict) -> list[str]:
         f"{new_faces} new faces; other load {inc['other_cpus']:.2f} CPUs); {tail} What reran, why (`-n`'s "
         "reason) and how long:",
         "",
-        "| rule | wall s | CPU s | peak RSS MiB | share of the full run's rule (wall) | reason |",
+        "| rule | wall s | CPU s | peak RSS MiB | CPU: share of the full run's rule | reason |",
         "|---|---:|---:|---:|---:|---|",
     ]
     inc_rules, full_rules = per_rule(inc), per_rule(full)
@@ -483,8 +483,8 @@ def _increment(s: dict, full: dict) -> list[str]:
     for name in STAGES:
         if name in inc_rules or name in reasons:
             r = inc_rules.get(name, {"wall_s": 0.0, "cpu_s": 0.0, "peak_rss_mb": 0.0})
-            base = full_rules.get(name, {}).get("wall_s", 0.0)
-            share = f"{100 * r['wall_s'] / base:.0f} %" if base > 0 else "–"
+            base = full_rules.get(name, {}).get("cpu_s", 0.0)
+            share = f"{100 * r['cpu_s'] / base:.0f} %" if base > 0 else "–"
             why = reasons.get(name, "(not in the dry run)").replace("|", "\\|")
             lines.append(
                 f"| {name} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_rss_mb']:.0f} | {share} | {why} |"
