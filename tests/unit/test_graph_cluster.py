@@ -123,3 +123,46 @@ def test_graph_path_above_exact_max():
     assert _violations(f.photo, a) == 0
     exact = gc.cluster(f.keys, f.emb, f.photo, 0.55).labels
     assert pairwise_prf(exact, a)[2] > 0.98
+
+
+def test_attach_two_lone_faces_of_one_photo_join_one_cluster_at_most():
+    # two lone faces of ONE photo both near the same cluster: only one may join it
+    rng = np.random.default_rng(5)
+    centre = normalize(rng.standard_normal(32))
+    emb = normalize(np.vstack([_around(rng, centre, 0.05, 4), _around(rng, centre, 0.3, 2)]))
+    g = np.array([0, 1, 2, 3, 9, 9])
+    labels = np.array([0, 0, 0, 0, 1, 2])
+    out = gc.attach_singletons(emb, g, labels, max_dist=0.5, ratio=0.9, k=5)
+    assert _violations(g, out) == 0
+    assert (out[4:] == 0).sum() == 1  # one of them joins, the other stays alone
+
+
+def test_reciprocal_neighbours():
+    # rows: each face's neighbours, nearest first (itself first); 1 is 2's nearest, but 1's
+    # own two nearest are itself and 0, so 1 is not a reciprocal neighbour of 2
+    idx = np.array([[0, 1, 2], [1, 0, 2], [2, 1, 0]])
+    r = gc.reciprocal(idx, 1)  # "the face is among the first 2 columns of the neighbour's row"
+    assert r[0].tolist() == [True, True, False]  # 0 is in 1's first two, not in 2's
+    assert r[1].tolist() == [True, True, True]  # 1 is in 0's and in 2's first two
+    assert r[2].tolist() == [True, False, False]  # 2 is in neither 1's nor 0's first two
+
+
+def test_centering_removes_the_shared_component_and_skips_small_sets():
+    # many identities around one shared direction: centring removes it, so strangers move apart
+    # (the noise gets relatively larger: one person's faces come a little apart too, less so)
+    rng = np.random.default_rng(7)
+    d = 64
+    shared = normalize(rng.standard_normal(d))
+    ids = normalize(rng.standard_normal((80, d)))
+    x = normalize(np.repeat(normalize(0.8 * shared + 0.6 * ids), 3, 0) + 0.05 * rng.standard_normal((240, d)))
+    keys = np.array([f"k{i:04d}" for i in range(len(x))])
+    g = np.arange(len(x))
+    y = gc.center_embeddings(keys, x, g, 1.0, 0.35, 50, 30_000)
+    stranger = lambda v: float(np.mean([v[3 * a] @ v[3 * b] for a in range(10) for b in range(a + 1, 10)]))  # noqa: E731
+    same = lambda v: float(np.mean([v[3 * a] @ v[3 * a + 1] for a in range(80)]))  # noqa: E731
+    assert stranger(x) > 0.5 and stranger(y) < 0.2
+    # one person's faces stay together, and further from strangers than before
+    assert same(y) > 0.6 and same(y) - stranger(y) > same(x) - stranger(x) + 0.2
+    # fewer tight clusters than center_min (10 people): the embeddings come back unchanged
+    small = x[:30]
+    assert np.array_equal(gc.center_embeddings(keys[:30], small, g[:30], 1.0, 0.35, 50, 30_000), small)
