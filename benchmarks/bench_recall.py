@@ -18,6 +18,8 @@
   >= 0.99 / 0.98 / 0.95 (and its threshold). Cannot-link violations are counted for every run.
 
     python benchmarks/bench_recall.py --real work/bench/real_set [--synth 5000,20000] [--write docs/benchmarks.md]
+    python benchmarks/bench_recall.py --set-name hard --real work/bench/hard_set --tta plain --synth "" \
+        --thresholds 0.20:0.70:0.01 --write docs/benchmarks.md   # the hard set's own section
 """
 
 from __future__ import annotations

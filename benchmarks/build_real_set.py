@@ -32,6 +32,9 @@ same photo to the workflow (an alias), so it is written once. Output::
     python benchmarks/build_real_set.py --mirror /work/.mirror/krasserm+face-recognition/repo \
         --mirror /work/.mirror/justadudewhohacks+face-api.js/repo \
         --mirror /work/.mirror/bhachauk+reality_of_one_shot_learning/repo --out work/bench/real_set
+    python benchmarks/build_real_set.py --set hard --mirror /work/.mirror/loiswjj+Face_Recognition/repo \
+        --mirror /work/.mirror/serengil+deepface/repo --mirror /work/.mirror/cmusatyalab+openface/repo \
+        --mirror /work/.mirror/timesler+facenet-pytorch/repo          # -> work/bench/hard_set
 """
 
 from __future__ import annotations
