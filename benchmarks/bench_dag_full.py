@@ -3,7 +3,7 @@
 For every ``--n`` (photos), in a fresh temp directory under ``--work``:
 
 1. a library from ``benchmarks/build_library.py`` (``--size``, default 1280x960: the demo
-   photos' own resolution) hard-linked into ``photos/``, a source YAML (kind folder,
+   photos' own resolution) copied into ``photos/``, a source YAML (kind folder,
    ``refine.min_faces: 3`` as the demo's) and a config with relative roots;
 2. the full run, exactly as the README runs a library from another directory:
    ``snakemake -s <code>/Snakefile --profile wsl all --configfile config.yaml``;
@@ -299,8 +299,8 @@ def bench(n: int, args: argparse.Namespace) -> dict:
     sha = snapshot(args.commit, tmp / "code")
     photos = tmp / "photos"
     photos.mkdir()
-    for f in files:
-        os.link(f, photos / f.name)
+    for f in files:  # copies, not hard links: a link made by another run changes the inode's ctime, and embed
+        shutil.copy2(f, photos / f.name)  # then (rightly) takes the photo for changed since it was listed
     write_config(tmp, args.model_dir.resolve())
     env = dict(os.environ, PYTHONPATH=str(tmp / "code"))
     env["PATH"] = f"{REPO / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
