@@ -1,7 +1,7 @@
 """What ``snakemake --report report.html`` shows: contact sheets per face set and run statistics.
 
 * ``contact_sheets(export_dir, out_dir)``: one PNG per face set of an export (contract 4,
-  ``<export>/manifest.json``): a header (face set, source, crop count, score range) and a grid
+  ``<export>/manifest.json``), named after the set: a header (source, crop count, score range) and a grid
   of the exported crops in score order, each with its rank, composite score and a bar per
   score component (frontality, det_score, symmetry, face size, sharpness).
 * ``run_stats(sources, out_html)``: one self-contained HTML page with, per source, images,
@@ -200,13 +200,25 @@ def sheet_digest(payload: object, opts: SheetOptions) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+NAME_KEYS = ("name", "dir", "bundles")  # where an export set is, not what its sheet draws
+
+
+def export_title(source: str) -> str:
+    """An export sheet's header. Not the set's name: refine numbers sets by size, so one set that
+    grows renames the smaller ones; the file name and the report's label name the set."""
+    return f"{source}  ·  exported crops" if source else "exported crops"
+
+
 def export_sheet_digest(export_dir: Path, entry: Mapping, source: str, opts: SheetOptions) -> str:
-    """An export set's sheet digest: its entry (the export's ``digest`` of the crops' content keys
-    stands for their pixels; an entry without one: the shown crops' file signatures)."""
+    """An export set's sheet digest: its entry without where it lives (name, folder, file names),
+    the export's ``digest`` of the crops' content keys standing for their pixels (an entry
+    without one: the shown crops' file signatures). A set renamed by refine keeps its sheet."""
     pixels = entry.get("digest") or [
         crop_signature(export_dir / c["file"]) for c in entry.get("crops", [])[: opts.max_tiles + 1]
     ]
-    return sheet_digest({"entry": entry, "source": source, "pixels": pixels}, opts)
+    drawn = {k: v for k, v in entry.items() if k not in NAME_KEYS}
+    drawn["crops"] = [{k: v for k, v in c.items() if k != "file"} for c in entry.get("crops", [])]
+    return sheet_digest({"entry": drawn, "title": export_title(source), "pixels": pixels}, opts)
 
 
 @dataclass
@@ -290,7 +302,7 @@ def contact_sheets(
         SheetJob(
             sheet_name(entry.get("name", "faceset")),
             export_sheet_digest(export_dir, entry, source, opts),
-            lambda entry=entry: render_sheet(export_dir, entry, source, opts),
+            lambda entry=entry: render_sheet(export_dir, entry, source, opts, title=export_title(source)),
         )
         for entry in manifest["facesets"]
     ]
@@ -334,7 +346,14 @@ class LibraryIdentity:
         if self.eras:
             lines.append(f"eras: {', '.join(self.eras)}")
         if self.entries:
-            lines.append(f"from: {', '.join(self.entries)}"[:160])
+            # how many export sets of each source, not their names: refine renumbers those whenever
+            # a set grows past another, which would redraw unchanged identities' sheets (the
+            # overview page maps the names)
+            per: dict[str, int] = {}
+            for e in self.entries:
+                per[e.rsplit("/", 1)[0]] = per.get(e.rsplit("/", 1)[0], 0) + 1
+            sets = ", ".join(f"{s} ({n} set{'s' if n > 1 else ''})" for s, n in sorted(per.items()))
+            lines.append(f"from: {sets}"[:160])
         return lines
 
 

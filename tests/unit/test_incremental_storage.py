@@ -48,7 +48,10 @@ def test_sheet_digest_follows_what_the_sheet_draws(tmp_path):
     base = export_sheet_digest(tmp_path, entry, "demo", OPTS)
     assert base == export_sheet_digest(tmp_path, dict(entry), "demo", OPTS)
     assert base != export_sheet_digest(tmp_path, {**entry, "digest": "d2"}, "demo", OPTS)  # other pixels
-    assert base != export_sheet_digest(tmp_path, {**entry, "name": "faceset_002"}, "demo", OPTS)  # other title
+    # refine renamed the set (a larger one grew past it): the sheet draws the same, it stays
+    renamed = {**entry, "name": "faceset_002", "dir": "faceset_002", "crops": [{"file": "y.png", "score": 0.5}]}
+    assert base == export_sheet_digest(tmp_path, renamed, "demo", OPTS)
+    assert base != export_sheet_digest(tmp_path, {**entry, "crops": [{"file": "x.png", "score": 0.6}]}, "demo", OPTS)
     assert base != export_sheet_digest(tmp_path, entry, "other", OPTS)
     assert base != export_sheet_digest(tmp_path, entry, "demo", SheetOptions(columns=5, thumb=64, max_tiles=10))
     # without the export's digest the crop files stand for the pixels: a replaced file is another sheet
