@@ -52,3 +52,47 @@ def test_heap_phase_alone_on_the_complete_graph_is_exact_with_giants(monkeypatch
     got = C.graph_average_linkage(x, g, 0.55, edges=full)
     ref = C.dense_average_linkage(x, g, 0.55)
     assert np.array_equal(C.canonical_labels(got, s.keys), C.canonical_labels(ref, s.keys))
+
+
+def _complete_state(x: np.ndarray, g: np.ndarray) -> C._GraphState:
+    n = len(x)
+    full = np.array(np.triu_indices(n, 1)).T
+    cl = C.cannot_link_pairs(g)
+    codes = C._sorted_unique(cl[:, 0] * n + cl[:, 1])
+    full = full[~np.isin(full[:, 0] * n + full[:, 1], codes)]
+    sums = x.astype(np.float64).copy()
+    return C._GraphState(sums, np.ones(n), np.arange(n), full, C._edge_dist(sums, np.ones(n), full), codes)
+
+
+def test_big_clusters_stored_distances_do_not_change_the_result():
+    """A big cluster's candidate store with its drift bound (off, the default, a budget so
+    large that every merge keeps the store; all clusters big or the default split) gives
+    exactly SciPy's HAC on the complete graph, heap phase alone (it does every merge)."""
+    s = synthetic_faces(900, seed=5, giants=(0.3, 0.1))
+    x, g = C.normalize(s.emb), C.group_ids(s.photo)
+    ref = C.canonical_labels(C.dense_average_linkage(x, g, 0.55), s.keys)
+    assert np.bincount(ref).max() > 150
+    for budget in (0.0, C.LAZY_BUDGET, 2.0):
+        for big_degree in (0, C.BIG_DEGREE):
+            st = _complete_state(x, g)
+            C._heap_merge(st, 0.55, big_degree=big_degree, lazy_budget=budget)
+            assert np.array_equal(C.canonical_labels(C._roots(st.parent), s.keys), ref), (budget, big_degree)
+
+
+def test_stored_distances_save_work_on_a_giant():
+    """The point of the store: a giant absorbing its fragments no longer recomputes every
+    candidate distance at every merge (distance evaluations counted, not timed), on the kNN
+    graph after the rounds, as the graph path runs it; the same partition either way."""
+    s = synthetic_faces(20_000, seed=3, giants=(0.2, 0.2))
+    x = C.normalize(s.emb)
+    edges = C._unique_pairs(C.knn_graph(x, 32), len(x))
+    got = {}
+    for budget in (0.0, C.LAZY_BUDGET):
+        sums = x.astype(np.float64).copy()
+        ones = np.ones(len(x))
+        st = C._GraphState(sums, ones, np.arange(len(x)), edges, C._edge_dist(sums, ones, edges), np.zeros(0, np.int64))
+        C._rnn_rounds(st, 0.55)
+        evaluated = C._heap_merge(st, 0.55, lazy_budget=budget)
+        got[budget] = (evaluated, C.canonical_labels(C._roots(st.parent), s.keys))
+    assert np.array_equal(got[0.0][1], got[C.LAZY_BUDGET][1])
+    assert got[C.LAZY_BUDGET][0] < 0.6 * got[0.0][0], {b: v[0] for b, v in got.items()}
