@@ -520,9 +520,8 @@ def _heap_merge(
                 stored[a] = False
             else:
                 drift[a] += step
-                new = np.fromiter((y for y in sb if y not in sa and y != a), np.int64)
-                if len(new):  # exact after the merge (sums updated below): marked as due now
-                    for y in new.tolist():
+                for y in sb - sa:  # a's new candidates: no bound yet, so computed exactly at the refresh below
+                    if y != a:
                         stores[a].pending[y] = (0.0, -np.inf)
         sa |= sb
         sa.discard(a)
