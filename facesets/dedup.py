@@ -71,6 +71,7 @@ class DedupOptions:
 
     phash_distance: int  # candidate: hash bits that may differ (of 64)
     face_distance: float | None  # candidate: face cosine distance; None = half the model's match threshold
+    neighbours: int  # candidates per photo (hash) and per face: the nearest this many (0 = all within distance)
     work_size: int  # verification: long side of the grey working copies
     min_inliers: int  # ORB/RANSAC inliers for a similarity transform
     min_overlap: float  # share of one photo's content inside the other (of each without crops)
@@ -401,38 +402,68 @@ def _aligned_check(
 # ---------------------------------------------------------------- candidates
 
 
-def phash_pairs(hashes: np.ndarray, max_distance: int, block: int = 4096) -> set[tuple[int, int]]:
-    """Index pairs (i < j) whose hashes differ in at most ``max_distance`` bits (blocked, exact)."""
-    out: set[tuple[int, int]] = set()
+def nearest_results(
+    lims: np.ndarray, dist: np.ndarray, ids: np.ndarray, k: int, owner: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(query, result) rows of a range search's results, each query's ``k`` nearest (0 = all).
+
+    ``lims``/``dist``/``ids`` as faiss's ``range_search`` returns them (smaller ``dist`` is
+    nearer). Results that are the query itself, or (with ``owner``, one entry per indexed row)
+    share the query's owner, are dropped before ranking; ties go to the lower id, so the choice
+    does not depend on faiss's result order.
+    """
+    q = np.repeat(np.arange(len(lims) - 1, dtype=np.int64), np.diff(np.asarray(lims, np.int64)))
+    ids = np.asarray(ids, np.int64)
+    dist = np.asarray(dist)
+    keep = ids != q if owner is None else owner[ids] != owner[q]
+    q, ids, dist = q[keep], ids[keep], dist[keep]
+    if k <= 0 or not len(q):
+        return q, ids
+    order = np.lexsort((ids, dist, q))
+    q, ids = q[order], ids[order]
+    rank = np.arange(len(q)) - np.searchsorted(q, q, side="left")
+    return q[rank < k], ids[rank < k]
+
+
+def _pairs_of(a: np.ndarray, b: np.ndarray) -> set[tuple[int, int]]:
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    return set(zip(lo.tolist(), hi.tolist(), strict=True))
+
+
+def phash_pairs(hashes: np.ndarray, max_distance: int, neighbours: int = 0) -> set[tuple[int, int]]:
+    """Index pairs (i < j) whose hashes differ in at most ``max_distance`` bits: with
+    ``neighbours`` > 0, only each photo's ``neighbours`` nearest (a pair is kept when either
+    photo has the other among its nearest). Exact (faiss's binary flat index: SIMD popcount)."""
+    import faiss
+
     h = np.ascontiguousarray(hashes, np.int64)
-    for s in range(0, len(h), block):
-        d = hamming(h[s : s + block, None], h[None, :])
-        ii, jj = np.nonzero(d <= max_distance)
-        ii = ii + s
-        keep = ii < jj
-        out.update(zip(ii[keep].tolist(), jj[keep].tolist(), strict=True))
-    return out
+    if len(h) < 2:
+        return set()
+    codes = h.view(np.uint8).reshape(len(h), 8)
+    index = faiss.IndexBinaryFlat(64)
+    index.add(codes)
+    lims, dist, ids = index.range_search(codes, max_distance + 1)  # binary radius: distance < radius
+    q, r = nearest_results(lims, dist, ids, neighbours)
+    return _pairs_of(q, r)
 
 
-def face_pairs(faces: pd.DataFrame, image_index: dict[str, int], max_distance: float) -> set[tuple[int, int]]:
-    """Image index pairs with two faces (of different photos) within ``max_distance`` cosine distance."""
+def face_pairs(
+    faces: pd.DataFrame, image_index: dict[str, int], max_distance: float, neighbours: int = 0
+) -> set[tuple[int, int]]:
+    """Image index pairs with two faces (of different photos) within ``max_distance`` cosine
+    distance; with ``neighbours`` > 0 only each face's ``neighbours`` nearest faces of other photos."""
     import faiss
 
     faces = faces[faces["sha256"].isin(image_index)]
     if len(faces) < 2:
         return set()
     emb = np.ascontiguousarray(np.stack(faces["embedding"].to_numpy()).astype(np.float32))
-    img = faces["sha256"].map(image_index).to_numpy()
+    img = faces["sha256"].map(image_index).to_numpy(np.int64)
     index = faiss.IndexFlatIP(emb.shape[1])
     index.add(emb)
-    lims, _, ids = index.range_search(emb, 1.0 - max_distance)
-    out: set[tuple[int, int]] = set()
-    for q in range(len(emb)):
-        for k in ids[lims[q] : lims[q + 1]]:
-            a, b = int(img[q]), int(img[k])
-            if a != b:
-                out.add((min(a, b), max(a, b)))
-    return out
+    lims, sim, ids = index.range_search(emb, 1.0 - max_distance)
+    q, r = nearest_results(lims, -sim, ids, neighbours, owner=img)
+    return _pairs_of(img[q], img[r])
 
 
 # ---------------------------------------------------------------- the stage
@@ -529,15 +560,16 @@ def find_duplicates(
     hashes = readable[["sha256"]].merge(hashes, on="sha256", how="left")
     usable = hashes["error"].isna().to_numpy()
     index = {sha: i for i, sha in enumerate(readable["sha256"])}
+    ok_rows = np.flatnonzero(usable)  # unreadable photos take no photo's neighbour places
     pairs = {
-        (i, j)
-        for i, j in phash_pairs(hashes["phash"].to_numpy(np.int64), opts.phash_distance)
-        if usable[i] and usable[j]
+        (int(ok_rows[i]), int(ok_rows[j]))
+        for i, j in phash_pairs(hashes["phash"].to_numpy(np.int64)[ok_rows], opts.phash_distance, opts.neighbours)
     }
     face_dist = 0.0
     if faces is not None and len(faces):
         face_dist = face_distance_for(faces, opts)
-        pairs |= {(i, j) for i, j in face_pairs(faces, index, face_dist) if usable[i] and usable[j]}
+        usable_index = {sha: i for sha, i in index.items() if usable[i]}
+        pairs |= face_pairs(faces, usable_index, face_dist, opts.neighbours)
     stats.candidates = len(pairs)
     failures: list[PairFailure] = []
     phashes = hashes["phash"].to_numpy(np.int64)
