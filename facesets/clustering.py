@@ -19,7 +19,8 @@ One algorithm (``graph_average_linkage``) on two candidate graphs, plus a refere
   under it again through a merge with a cluster that is under it (Lance–Williams). So HAC on
   the graph of all face pairs under the threshold, dropping pairs as they rise above it, is
   *exactly* average-linkage HAC, without an n×n matrix.
-* ``exact`` (default up to ``exact_max`` faces): that graph, found by an exact faiss range
+* ``exact`` (default up to ``exact_max`` faces, unless that graph would hold more than
+  ``AUTO_PAIRS_PER_FACE`` pairs per face: giant identities): that graph, found by an exact range
   search. Identical results to textbook HAC (tested against SciPy on real and synthetic data).
 * ``graph`` (above ``exact_max``): a kNN candidate graph (faiss; IVF above 60k faces) instead,
   so memory stays linear; only the candidate set is approximate, cluster distances stay exact.
@@ -48,6 +49,12 @@ log = logging.getLogger(__name__)
 BIG = 1e12  # "infinite" distance for cannot-link pairs in the exact path
 EXACT_MAX = 30_000  # faces; see docs/benchmarks.md (cluster engine) for why
 REPAIR_EXACT_MAX = 250_000  # clusters: above, the graph path's repair searches each one's nearest only
+# auto takes the exact path only while its graph stays sparse: with a few giant identities (a
+# personal library's owner and children) nearly all their faces are within the cut of each other
+# and the graph holds ~size^2 / 2 pairs (20k faces, two of 4,000: 16 M pairs, 30 s) where the kNN
+# graph + repair costs k per face (2.9 s, BCubed F the same; docs/benchmarks.md)
+AUTO_PAIRS_PER_FACE = 64
+AUTO_PAIRS_FLOOR = 1_000_000  # small libraries stay exact whatever their density
 
 
 # --------------------------------------------------------------------------- helpers
@@ -713,6 +720,11 @@ class ClusterResult:
         return int(self.labels.max()) + 1 if len(self.labels) else 0
 
 
+def auto_max_pairs(n: int) -> int:
+    """The most pairs under the threshold with which ``auto`` still takes the exact path for n faces."""
+    return max(AUTO_PAIRS_FLOOR, AUTO_PAIRS_PER_FACE * n)
+
+
 def cluster_faces(
     keys: Sequence[str],
     emb: np.ndarray,
@@ -725,7 +737,8 @@ def cluster_faces(
 ) -> ClusterResult:
     """Average-linkage clusters of faces, cannot-link within a photo; row order does not matter.
 
-    ``method``: auto (exact up to ``exact_max`` faces, else graph), exact, graph (kNN graph
+    ``method``: auto (exact up to ``exact_max`` faces while the exact graph holds at most
+    ``auto_max_pairs(n)`` pairs, else graph), exact, graph (kNN graph
     with ``k`` neighbours per face, then the cluster-level repair unless ``repair`` is False;
     see ``graph_average_linkage``) or dense (SciPy reference, O(n²)).
     """
@@ -736,9 +749,17 @@ def cluster_faces(
     order = np.argsort(keys, kind="stable")
     x = normalize(np.asarray(emb)[order])
     g = group_ids(np.asarray(groups, dtype=object)[order])
-    if method == "auto":
-        method = "exact" if n <= exact_max else "graph"
-    if method == "exact":
+    edges = None
+    if method == "auto" and n <= exact_max:
+        edges = epsilon_graph(x, threshold, max_pairs=auto_max_pairs(n))
+        method = "exact" if edges is not None else "graph"
+        if edges is None:
+            log.info(
+                "cluster: over %d pairs under %.2f (giant identities): the kNN graph path", auto_max_pairs(n), threshold
+            )
+    elif method == "auto":
+        method = "graph"
+    elif method == "exact":
         edges = epsilon_graph(x, threshold)
         if edges is None:
             log.warning("cluster: too many pairs under %.2f for the exact path; using the kNN graph", threshold)

@@ -96,3 +96,30 @@ def test_stored_distances_save_work_on_a_giant():
         got[budget] = (evaluated, C.canonical_labels(C._roots(st.parent), s.keys))
     assert np.array_equal(got[0.0][1], got[C.LAZY_BUDGET][1])
     assert got[C.LAZY_BUDGET][0] < 0.6 * got[0.0][0], {b: v[0] for b, v in got.items()}
+
+
+def _pairs_under(x: np.ndarray, t: float) -> int:
+    return int((np.triu(x @ x.T, 1) > 1.0 - t).sum())
+
+
+def test_auto_leaves_the_exact_path_when_giants_make_its_graph_dense(monkeypatch):
+    """With two identities holding 20 % each, the exact graph holds ~size^2 pairs: auto takes the
+    kNN graph + repair there (same quality), and stays exact on a library without giants."""
+    from facesets.metrics import bcubed_prf
+
+    monkeypatch.setattr(C, "AUTO_PAIRS_FLOOR", 0)  # the default floor keeps libraries this small exact
+    giants = synthetic_faces(4000, seed=11, giants=(0.2, 0.2))
+    uniform = synthetic_faces(4000, seed=11, skew="uniform")
+    t = 0.55
+    dense_pairs = _pairs_under(C.normalize(giants.emb), t)
+    sparse_pairs = _pairs_under(C.normalize(uniform.emb), t)
+    assert dense_pairs > C.auto_max_pairs(len(giants)) > sparse_pairs  # the fixture is what it says
+    auto = C.cluster_faces(giants.keys, giants.emb, giants.photo, t)
+    assert auto.method == "graph"
+    exact = C.cluster_faces(giants.keys, giants.emb, giants.photo, t, method="exact")
+    assert bcubed_prf(exact.labels, auto.labels)[2] > 0.99
+    truth = bcubed_prf(giants.identity, auto.labels)[2]
+    assert truth >= bcubed_prf(giants.identity, exact.labels)[2] - 0.01
+    assert C.cluster_faces(uniform.keys, uniform.emb, uniform.photo, t).method == "exact"
+    monkeypatch.setattr(C, "AUTO_PAIRS_FLOOR", 10**9)
+    assert C.cluster_faces(giants.keys, giants.emb, giants.photo, t).method == "exact"
