@@ -725,6 +725,21 @@ def auto_max_pairs(n: int) -> int:
     return max(AUTO_PAIRS_FLOOR, AUTO_PAIRS_PER_FACE * n)
 
 
+AUTO_SAMPLE = 2000  # faces sampled to estimate the exact graph's size
+
+
+def estimated_pairs(x: np.ndarray, threshold: float, sample: int = AUTO_SAMPLE) -> int:
+    """The number of pairs under ``threshold`` among the rows of ``x``, estimated from a fixed
+    sample (exact up to ``sample`` rows; deterministic)."""
+    n = len(x)
+    if n <= sample:
+        return int((np.triu(x @ x.T, 1) > 1.0 - threshold).sum())
+    idx = np.sort(np.random.default_rng(0).choice(n, size=sample, replace=False))
+    s = x[idx]
+    found = int((np.triu(s @ s.T, 1) > 1.0 - threshold).sum())
+    return int(found * (n * (n - 1)) / (sample * (sample - 1)))
+
+
 def cluster_faces(
     keys: Sequence[str],
     emb: np.ndarray,
@@ -751,12 +766,14 @@ def cluster_faces(
     g = group_ids(np.asarray(groups, dtype=object)[order])
     edges = None
     if method == "auto" and n <= exact_max:
-        edges = epsilon_graph(x, threshold, max_pairs=auto_max_pairs(n))
+        # giant identities make the exact graph dense: a sample tells the clear cases, the
+        # pair guard the rest
+        guess = estimated_pairs(x, threshold)
+        if guess <= 2 * auto_max_pairs(n):
+            edges = epsilon_graph(x, threshold, max_pairs=auto_max_pairs(n))
         method = "exact" if edges is not None else "graph"
         if edges is None:
-            log.info(
-                "cluster: over %d pairs under %.2f (giant identities): the kNN graph path", auto_max_pairs(n), threshold
-            )
+            log.info("cluster: ~%d pairs under %.2f (giant identities): the kNN graph path", guess, threshold)
     elif method == "auto":
         method = "graph"
     elif method == "exact":
