@@ -390,9 +390,10 @@ def render(sizes: list[dict], machine: dict, date: str, command: str) -> str:
     lines = [
         SECTION,
         "",
-        f"- Date: {date}; machine: {machine['cpu']}, {machine['cores']}, {machine['ram']} RAM; **shared with "
-        'three other engineers\' benchmarks and tests during the runs** (the "machine busy" column: CPUs in use '
-        "on the whole 2-CPU machine while the job ran, ours included; wall times are inflated, CPU times less so).",
+        f"- Date: {date}; machine: {machine['cpu']}, {machine['cores']}, {machine['ram']} RAM; other processes "
+        f'used {_other_load(sizes)} CPUs on average during the full runs (the "machine busy" column: CPUs in use '
+        "on the whole 2-CPU machine while the job ran, ours included; where others were busy, wall times are "
+        "inflated, CPU times less so).",
         f"- Command: `{command}`; each size: `snakemake -s <snapshot>/Snakefile --profile wsl all --configfile "
         "config.yaml` in a fresh directory (relative roots, one folder source, `refine.min_faces: 3`), code = "
         "`git archive` of commit " + ", ".join(sorted({f"`{s['commit']}`" for s in sizes})) + ".",
@@ -504,10 +505,21 @@ def _verdict(k: float | None, cpu: float, nlogn: float) -> str:
     return "yes" if k <= nlogn + 0.02 else "**no**"
 
 
+def _other_load(sizes: list[dict]) -> str:
+    loads = [f"{s['runs']['full run']['other_cpus']:.2f} at {s['n']}" for s in sizes if "full run" in s["runs"]]
+    return ", ".join(loads) or "unknown"
+
+
+def _targets(n: int) -> list[int]:
+    """The library sizes beyond the largest measured one that the exponents extrapolate to."""
+    return [t for t in (10_000, 100_000) if t > n]
+
+
 def _exponents(sizes: list[dict]) -> list[str]:
     a, b = sizes[-2], sizes[-1]
     ra, rb = per_rule(a["runs"]["full run"]), per_rule(b["runs"]["full run"])
     n1, n2 = a["n"], b["n"]
+    targets = _targets(n2)
     nlogn = 1 + math.log(math.log(n2) / math.log(n1)) / math.log(n2 / n1)
     lines = [
         f"### scaling {n1} → {n2} photos",
@@ -515,48 +527,57 @@ def _exponents(sizes: list[dict]) -> list[str]:
         f"Exponent k of t ∝ n^k per stage, log(t₂/t₁)/log(n₂/n₁); n log n is k = {nlogn:.3f} over this range. "
         f"Faces grew {b['faces'] / a['faces']:.2f}× for {n2 / n1:.0f}× photos. A job of under "
         f"{STARTUP_BOUND_S:.0f} s CPU is mostly interpreter start-up and imports (~1 s a job), so its exponent "
-        'understates its growth ("start-up bound"). The 10k and 100k columns extrapolate the CPU time with the '
+        'understates its growth ("start-up bound"). The "est." columns extrapolate the CPU time with the '
         "CPU exponent: estimates, not runs.",
         "",
-        f"| rule | CPU s @{n1} | CPU s @{n2} | k (CPU) | k (wall) | peak RSS MiB @{n1} → @{n2} | est. CPU s @10k | "
-        "est. CPU s @100k | ≤ n log n? |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| rule | CPU s @{n1} | CPU s @{n2} | k (CPU) | k (wall) | peak RSS MiB @{n1} → @{n2} | "
+        + "".join(f"est. CPU s @{t // 1000}k | " for t in targets)
+        + "≤ n log n? |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(targets) + "---|",
     ]
-    tot10 = tot100 = 0.0
+    totals = dict.fromkeys(targets, 0.0)
     for name in STAGES:
         if name not in ra or name not in rb:
             continue
         x, y = ra[name], rb[name]
         kc = exponent(x["cpu_s"], y["cpu_s"], n1, n2)
         kw = exponent(x["wall_s"], y["wall_s"], n1, n2)
-        e10, e100 = extrapolate(y["cpu_s"], kc, n2, 10_000), extrapolate(y["cpu_s"], kc, n2, 100_000)
-        tot10 += e10 or 0.0
-        tot100 += e100 or 0.0
+        est = {t: extrapolate(y["cpu_s"], kc, n2, t) for t in targets}
+        for t in targets:
+            totals[t] += est[t] or 0.0
         lines.append(
             f"| {name} | {x['cpu_s']:.1f} | {y['cpu_s']:.1f} | {_fmt(kc)} | {_fmt(kw)} | "
-            f"{x['peak_rss_mb']:.0f} → {y['peak_rss_mb']:.0f} | {_fmt(e10, 0)} | {_fmt(e100, 0)} | "
-            f"{_verdict(kc, y['cpu_s'], nlogn)} |"
+            f"{x['peak_rss_mb']:.0f} → {y['peak_rss_mb']:.0f} | "
+            + "".join(f"{_fmt(est[t], 0)} | " for t in targets)
+            + f"{_verdict(kc, y['cpu_s'], nlogn)} |"
         )
     fa, fb = a["runs"]["full run"], b["runs"]["full run"]
     lines += [
         f"| whole command | {fa['cpu_s']:.1f} | {fb['cpu_s']:.1f} | {_fmt(exponent(fa['cpu_s'], fb['cpu_s'], n1, n2))} | "
-        f"{_fmt(exponent(fa['wall_s'], fb['wall_s'], n1, n2))} | | {tot10:.0f} (stages) | {tot100:.0f} (stages) | |",
+        f"{_fmt(exponent(fa['wall_s'], fb['wall_s'], n1, n2))} | | "
+        + "".join(f"{totals[t]:.0f} (stages) | " for t in targets)
+        + "|",
         "",
     ]
     if "+10 photos" in a["runs"] and "+10 photos" in b["runs"]:
-        lines += _increment_scaling(a, b, tot10)
+        full10 = totals[10_000] if 10_000 in totals else b["runs"]["full run"]["cpu_s"]
+        lines += _increment_scaling(a, b, full10)
     return lines
 
 
 def _increment_scaling(a: dict, b: dict, full10: float) -> list[str]:
+    """The +10 photos increment per rule at both sizes, and what it is (measured at 10k, else
+    extrapolated there) as a share of the full 10k run's CPU ``full10`` (measured or extrapolated)."""
     n1, n2 = a["n"], b["n"]
+    at10 = n2 >= 10_000
     ia, ib = per_rule(a["runs"]["+10 photos"]), per_rule(b["runs"]["+10 photos"])
     na, nb = a["runs"]["no-op rerun"], b["runs"]["no-op rerun"]
     lines = [
-        f"The increment (+10 photos) and the no-op rerun, {n1} → {n2} photos (CPU s; 10k extrapolated):",
+        f"The increment (+10 photos) and the no-op rerun, {n1} → {n2} photos (CPU s"
+        + ("):" if at10 else "; 10k extrapolated):"),
         "",
-        f"| rule | +10 @{n1} | +10 @{n2} | k | est. +10 @10k |",
-        "|---|---:|---:|---:|---:|",
+        f"| rule | +10 @{n1} | +10 @{n2} | k |" + ("" if at10 else " est. +10 @10k |"),
+        "|---|---:|---:|---:|" + ("" if at10 else "---:|"),
     ]
     tot = 0.0
     for name in STAGES:
@@ -564,17 +585,20 @@ def _increment_scaling(a: dict, b: dict, full10: float) -> list[str]:
             continue
         x, y = ia.get(name, {}).get("cpu_s", 0.0), ib.get(name, {}).get("cpu_s", 0.0)
         k = exponent(x, y, n1, n2)
-        e = extrapolate(y, k, n2, 10_000)
+        e = None if at10 else extrapolate(y, k, n2, 10_000)
         tot += e if e is not None else y
-        lines.append(f"| {name} | {x:.1f} | {y:.1f} | {_fmt(k)} | {_fmt(e, 1)} |")
+        lines.append(f"| {name} | {x:.1f} | {y:.1f} | {_fmt(k)} |" + ("" if at10 else f" {_fmt(e, 1)} |"))
     kn = exponent(na["cpu_s"], nb["cpu_s"], n1, n2)
-    noop10 = extrapolate(nb["cpu_s"], kn, n2, 10_000)
-    lines += [
-        f"| **+10 photos, all jobs** | {a['runs']['+10 photos']['cpu_s']:.1f} | {b['runs']['+10 photos']['cpu_s']:.1f} "
-        f"| | {tot:.0f} = **{100 * tot / max(full10, 1e-9):.0f} % of the full run's {full10:.0f}** |",
-        f"| no-op rerun (snakemake alone) | {na['cpu_s']:.1f} | {nb['cpu_s']:.1f} | {_fmt(kn)} | {_fmt(noop10, 1)} |",
-        "",
-    ]
+    if at10:
+        tot = b["runs"]["+10 photos"]["cpu_s"]
+    share = f"{tot:.0f} = **{100 * tot / max(full10, 1e-9):.1f} % of the full run's {full10:.0f}**"
+    total = f"| **+10 photos, all jobs** | {a['runs']['+10 photos']['cpu_s']:.1f} | {b['runs']['+10 photos']['cpu_s']:.1f} | |"
+    noop = f"| no-op rerun (snakemake alone) | {na['cpu_s']:.1f} | {nb['cpu_s']:.1f} | {_fmt(kn)} |"
+    if at10:
+        lines += [total, noop, "", f"+10 photos at {n2} photos, measured: {share} CPU s.", ""]
+    else:
+        noop10 = extrapolate(nb["cpu_s"], kn, n2, 10_000)
+        lines += [f"{total} {share} |", f"{noop} {_fmt(noop10, 1)} |", ""]
     return lines
 
 
