@@ -27,7 +27,9 @@ the order of their first member's path. Per-image hashes are cached by sha256 un
 ``<cache_dir>/phash-v2/`` and pair verdicts by both sha256s and a settings digest under
 ``<cache_dir>/verdict-v4/`` (facesets/segcache.py), so a rerun hashes only new photos and
 verifies only new pairs; pairs already joined through others are never verified
-(``verify_pairs``).
+(``verify_pairs``). Pairs are verified one component of the candidate graph after another
+(``verification_order``), and the working copies kept meanwhile are bounded (``WORK_BYTES``,
+least recently used dropped first), so memory does not grow with the library.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ class DedupStats:
     cached: int = 0  # candidate verdicts taken from the verdict cache
     skipped: int = 0  # candidates already in one group through other pairs: not verified
     checked: int = 0  # candidates verified on pixels this run
+    evicted: int = 0  # working copies dropped for memory and decoded again when needed
     failed_pairs: int = 0  # pairs whose verification raised: reported in the document, skipped
     near_duplicate_groups: int = 0
     near_duplicate_images: int = 0
@@ -532,6 +535,26 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
+def verification_order(cand: np.ndarray, bits: np.ndarray, n: int) -> np.ndarray:
+    """The order candidate pairs are verified in: one connected component of the candidate graph
+    after another (by its first photo), likeliest pairs first (fewest hash bits) within each.
+
+    The groups do not depend on the order (a pair is skipped only when its photos are already
+    joined, so the groups are the components of all passing pairs), and pairs of different
+    components never interact; per component, the photos whose working copies verification
+    needs at once are that component's, not the whole library's.
+    """
+    if not len(cand):
+        return np.zeros(0, np.int64)
+    uf = _UnionFind(n)
+    for i, j in cand.tolist():
+        uf.union(i, j)
+    root = np.fromiter((uf.find(i) for i in range(n)), np.int64, n)
+    first = np.full(n, n, np.int64)
+    np.minimum.at(first, root, np.arange(n))
+    return np.lexsort((np.arange(len(cand)), bits, first[root[cand[:, 0]]]))
+
+
 def face_distance_for(faces: pd.DataFrame, opts: DedupOptions) -> float:
     if opts.face_distance is not None:
         return opts.face_distance
@@ -575,7 +598,7 @@ def find_duplicates(
     phashes = hashes["phash"].to_numpy(np.int64)
     cand = np.array(sorted(pairs), np.int64).reshape(-1, 2)
     bits = hamming(phashes[cand[:, 0]], phashes[cand[:, 1]]) if len(cand) else np.zeros(0, np.int64)
-    ordered = [(int(i), int(j)) for i, j in cand[np.argsort(bits, kind="stable")]]  # likeliest first
+    ordered = [(int(i), int(j)) for i, j in cand[verification_order(cand, bits, len(readable))]]
     vcache = SegmentCache(Path(cache_dir) / f"verdict-v{VERDICT_VERSION}", VERDICT_SCHEMA, "pair")
     vstats = VerifyStats()
     shas = readable["sha256"].tolist()
@@ -587,6 +610,7 @@ def find_duplicates(
     stats.verified = len(verified)
     stats.failed_pairs = len(failures)
     stats.cached, stats.skipped, stats.checked = vstats.cached, vstats.skipped, vstats.checked
+    stats.evicted = vstats.evicted
     uf = _UnionFind(len(readable))
     for i, j in verified:
         uf.union(i, j)
@@ -664,6 +688,18 @@ class VerifyStats:
     cached: int = 0  # verdicts taken from the cache
     skipped: int = 0  # pairs whose photos were already in one group (transitively): never verified
     checked: int = 0  # pairs verified on pixels this run
+    evicted: int = 0  # working copies dropped for memory while pairs still needed them
+
+
+WORK_BYTES = 768 << 20  # working copies and ORB features kept during verification (least recently used beyond)
+
+
+def _nbytes(x: np.ndarray | tuple | None) -> int:
+    if x is None:
+        return 0
+    if isinstance(x, tuple):
+        return sum(_nbytes(v) for v in x)
+    return int(x.nbytes)
 
 
 def _overlay_root(uf: _UnionFind, overlay: dict[int, int], x: int) -> int:
@@ -682,6 +718,7 @@ def verify_pairs(
     cache: SegmentCache | None = None,
     vstats: VerifyStats | None = None,
     preloaded: dict[int, np.ndarray] | None = None,
+    work_bytes: int | None = None,
 ) -> list[tuple[int, int]]:
     """The candidate pairs that pass verification, in the order given (most likely first).
 
@@ -700,6 +737,7 @@ def verify_pairs(
     to ``failures``, counted as not verified and not cached (it is retried next run).
     """
     vstats = vstats if vstats is not None else VerifyStats()
+    work_bytes = WORK_BYTES if work_bytes is None else work_bytes
     settings = verdict_settings(opts)
     keys = [pair_key(shas[i], shas[j], settings) for i, j in pairs] if shas is not None else None
     known: dict[str, bool] = {}
@@ -720,14 +758,25 @@ def verify_pairs(
         else:
             todo.append(k)
     pending = np.bincount(np.asarray([x for k in todo for x in pairs[k]], np.int64), minlength=n)
-    grey: dict[int, np.ndarray | None] = dict(preloaded or {})  # working copies (``load_work_copy``)
+    # Working copies (``load_work_copy``) and ORB features of photos with pairs still to verify,
+    # least recently used first; beyond ``work_bytes`` the oldest are dropped (decoded again if
+    # needed), so memory stays bounded whatever the library's size.
+    grey: collections.OrderedDict[int, np.ndarray | None] = collections.OrderedDict(preloaded or {})
     feats: dict[int, OrbFeatures] = {}
+    held = [sum(_nbytes(g) for g in grey.values())]
     load_errors: dict[int, str] = {}
     lock = threading.Lock()
+
+    def evict() -> None:  # with the lock held
+        while held[0] > work_bytes and len(grey) > 1:
+            i, img = grey.popitem(last=False)
+            held[0] -= _nbytes(img) + _nbytes(feats.pop(i, None))
+            vstats.evicted += 1
 
     def working_copy(i: int) -> np.ndarray | None:
         with lock:
             if i in grey:
+                grey.move_to_end(i)
                 return grey[i]
         try:
             img = load_work_copy(paths[i], opts)
@@ -738,8 +787,11 @@ def verify_pairs(
             log.warning("dedup: cannot prepare %s: %s", paths[i], load_errors[i])
             img = None
         with lock:
-            grey.setdefault(i, img)
-            return grey[i]
+            if i not in grey:
+                grey[i] = img
+                held[0] += _nbytes(img)
+                evict()
+            return grey.get(i, img)
 
     def features_of(i: int, img: np.ndarray) -> OrbFeatures:
         with lock:
@@ -747,7 +799,13 @@ def verify_pairs(
                 return feats[i]
         f = orb_features(img)
         with lock:
-            return feats.setdefault(i, f)
+            if i in feats:
+                return feats[i]
+            if i in grey:  # kept only beside its working copy (dropped with it)
+                feats[i] = f
+                held[0] += _nbytes(f)
+                evict()
+            return f
 
     def check(p: tuple[int, int]) -> Match | PairFailure:
         a, b = working_copy(p[0]), working_copy(p[1])
@@ -767,8 +825,8 @@ def verify_pairs(
             pending[i] -= 1
             if pending[i] == 0:
                 with lock:
-                    grey.pop(i, None)
-                    feats.pop(i, None)
+                    if i in grey:
+                        held[0] -= _nbytes(grey.pop(i)) + _nbytes(feats.pop(i, None))
 
     rows: list[dict] = []
 

@@ -91,3 +91,26 @@ def test_new_photo_verifies_only_its_own_pairs(library, tmp_path):
     doc, second = _run(photos, tmp_path / "cache")
     assert second.cached > 0 and 0 < second.checked < first.checked
     assert any("p0_new.jpg" in g and "p0_orig.jpg" in g for g in _names(doc))
+
+
+def test_bounded_working_copies_give_the_same_groups(library, tmp_path, monkeypatch):
+    """With room for about one working copy at a time, copies are dropped and decoded again when
+    a later pair needs them (memory bounded at any library size), and the groups do not change."""
+    doc, stats = _run(library, tmp_path / "roomy")
+    assert stats.evicted == 0
+    monkeypatch.setattr(dedup, "WORK_BYTES", 1)
+    monkeypatch.setattr(dedup, "KEEP_BYTES", 0)  # nor any kept from the hash pass
+    tight_doc, tight = _run(library, tmp_path / "tight")
+    assert tight.evicted > 0
+    assert (tight.checked, tight.skipped, tight.verified) == (stats.checked, stats.skipped, stats.verified)
+    assert _names(tight_doc) == _names(doc)
+
+
+def test_pairs_are_verified_one_candidate_component_after_another():
+    import numpy as np
+
+    cand = np.array([[0, 5], [1, 2], [5, 7], [2, 3], [0, 7], [4, 6]], np.int64)
+    bits = np.array([9, 1, 3, 2, 0, 5], np.int64)
+    order = dedup.verification_order(cand, bits, 8)
+    # components {0, 5, 7}, {1, 2, 3}, {4, 6} by their first photo; fewest bits first within each
+    assert order.tolist() == [4, 2, 0, 1, 3, 5]
