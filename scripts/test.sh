@@ -16,4 +16,4 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     fi
 fi
 export PATH="$PWD/.venv/bin:$PATH"
-exec python -m pytest "$@"
+exec python -m pytest --durations=20 "$@"
