@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -410,8 +411,8 @@ def render(sizes: list[dict], machine: dict, date: str, command: str) -> str:
     for s in sizes:
         lines += _size_section(s)
     done = [s for s in sizes if "faces" in s]
-    if len(done) >= 2:
-        lines += _exponents(done)
+    for a, b in itertools.pairwise(done):  # every pair of consecutive sizes
+        lines += _exponents([a, b])
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
