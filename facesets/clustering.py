@@ -562,8 +562,9 @@ def _heap_merge(
         version[b] += 1
         bd[b], bj[b] = np.inf, -1
         ids, dn, dropped = refresh(a)  # distances to every remaining candidate of the new cluster
-        # clusters no longer adjacent whose nearest was a or b: recompute them
-        gone = np.concatenate([from_b, dropped, np.asarray(removed, np.int64)])
+        # clusters no longer adjacent whose nearest was a or b: recompute them (b's neighbours
+        # are all a's now unless refresh(a) dropped them or a cannot-link removed them)
+        gone = np.concatenate([dropped, np.asarray(removed, np.int64)])
         gone = gone[(gone != a) & (gone != b)]
         for x in np.unique(gone[(bj[gone] == a) | (bj[gone] == b) | (bj[gone] == -2)]).tolist():
             if adj[x] is not None and x not in sa:
