@@ -187,12 +187,11 @@ def knn_graph(emb: np.ndarray, k: int) -> np.ndarray:
     _, nbr = index.search(x, k)
     rows = np.repeat(np.arange(n), nbr.shape[1])
     cols = nbr.reshape(-1)
-    ok = (cols >= 0) & (cols != rows)
-    a, b = np.minimum(rows[ok], cols[ok]), np.maximum(rows[ok], cols[ok])
-    return np.unique(np.stack([a, b], 1), axis=0)
+    ok = cols >= 0
+    return _unique_pairs(np.stack([rows[ok], cols[ok]], 1), n)  # sorted by (i, j), as np.unique was
 
 
-def _edge_dist(sums: np.ndarray, cnt: np.ndarray, edges: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+def _edge_dist(sums: np.ndarray, cnt: np.ndarray, edges: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """Exact average-linkage distance of each candidate pair, from cluster sums."""
     out = np.empty(len(edges), np.float64)
     for s in range(0, len(edges), chunk):
@@ -201,9 +200,9 @@ def _edge_dist(sums: np.ndarray, cnt: np.ndarray, edges: np.ndarray, chunk: int 
     return out
 
 
-def _sorted_unique(a: np.ndarray) -> np.ndarray:
+def _sorted_unique(a: np.ndarray, kind: str | None = None) -> np.ndarray:
     """np.unique for int64 codes by sorting (much faster here than numpy's hash path)."""
-    a = np.sort(a)
+    a = np.sort(a, kind=kind)
     return a[np.r_[True, a[1:] != a[:-1]]] if len(a) else a
 
 
@@ -232,59 +231,103 @@ class _GraphState:
         return len(self.cnt)
 
 
+def _merged_pairs(
+    st: _GraphState, ea: np.ndarray, eb: np.ndarray, d: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate pairs of merged clusters, from the old pairs that touched them.
+
+    ``ea``/``eb`` are the old pairs' ends already mapped to the merged clusters, ``d`` each old
+    pair's distance and ``w`` its |A||B| (sizes before the merge). Where every pair of old parts
+    of a new pair was a candidate, its distance is their weighted mean (Lance–Williams for
+    average linkage: ``Σ|A_i||B_j| d_ij / (|A||B|)``, the same mean over face pairs); the rest
+    are computed from the cluster sums. Returns (lo, hi, distances) with lo < hi.
+    """
+    n = st.n
+    a, b = np.minimum(ea, eb).astype(np.int64), np.maximum(ea, eb).astype(np.int64)
+    keep = a != b
+    code = a[keep] * n + b[keep]
+    order = np.argsort(code)
+    code, w, d = code[order], w[keep][order], d[keep][order]
+    if not len(code):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    first = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+    code = code[first]
+    lo, hi = code // n, code % n
+    need = st.cnt[lo] * st.cnt[hi]  # sizes after the merge
+    full = np.add.reduceat(w, first) == need  # counts are whole numbers: exact
+    dist = np.empty(len(code))
+    dist[full] = np.add.reduceat(w * d, first)[full] / need[full]
+    dist[~full] = _edge_dist(st.sums, st.cnt, np.stack([lo[~full], hi[~full]], 1))
+    return lo, hi, dist
+
+
 def _rnn_rounds(st: _GraphState, threshold: float, min_fraction: float = 0.002, max_rounds: int = 400) -> None:
     """Merge all reciprocal nearest-neighbour pairs under the threshold, in vectorised rounds.
 
     For a reducible linkage (average linkage is) merging a reciprocal-nearest pair never
     changes the final hierarchy, so any number of them can merge at once. The early rounds
     do most of the merges cheaply; once a round merges few clusters the heap phase takes over.
+    A round recomputes only the pairs of the clusters it merged (``_merged_pairs``); the
+    other pairs keep their distances, all under the threshold.
     """
     n = st.n
     alive = int((st.parent == np.arange(n)).sum())
-    for _ in range(max_rounds):
-        ok = st.dist < threshold
-        st.edges, st.dist = st.edges[ok], st.dist[ok]
-        if not len(st.edges):
-            return
-        e, d = st.edges, st.dist
-        node = np.concatenate([e[:, 0], e[:, 1]])
-        nbr = np.concatenate([e[:, 1], e[:, 0]])
-        dd = np.concatenate([d, d])
-        # each cluster's nearest candidate (ties: the smallest id), in O(edges) without a sort
-        near = np.full(n, np.inf)
-        np.minimum.at(near, node, dd)
-        at = dd == near[node]
-        best = np.full(n, n, np.int64)
-        np.minimum.at(best, node[at], nbr[at])
-        cand = np.flatnonzero(best < n)
-        best[best == n] = -1
-        keep_id = cand[(best[best[cand]] == cand) & (cand < best[cand])]
-        if len(keep_id) < max(1, min_fraction * alive):
-            return
-        gone_id = best[keep_id]
-        st.sums[keep_id] += st.sums[gone_id]
-        st.cnt[keep_id] += st.cnt[gone_id]
-        st.parent[gone_id] = keep_id
-        alive -= len(keep_id)
-        relabel = np.arange(n)
-        relabel[gone_id] = keep_id
-        changed = np.zeros(n, bool)
-        changed[keep_id] = True
-        ea, eb = relabel[e[:, 0]], relabel[e[:, 1]]
-        touched = changed[ea] | changed[eb]
-        tpairs = _unique_pairs(np.stack([ea[touched], eb[touched]], 1), n)
-        if len(st.cl_codes):
-            ca, cb = relabel[st.cl_codes // n], relabel[st.cl_codes % n]
-            touched_cl = changed[ca] | changed[cb]
-            if touched_cl.any():  # only cannot-links of merged clusters change
-                moved = np.minimum(ca[touched_cl], cb[touched_cl]) * n + np.maximum(ca[touched_cl], cb[touched_cl])
-                st.cl_codes = _sorted_unique(np.concatenate([st.cl_codes[~touched_cl], moved]))
-            if len(tpairs):
-                tcodes = tpairs[:, 0] * n + tpairs[:, 1]
-                pos = np.minimum(np.searchsorted(st.cl_codes, tcodes), len(st.cl_codes) - 1)
-                tpairs = tpairs[st.cl_codes[pos] != tcodes]
-        st.edges = np.concatenate([e[~touched], tpairs])
-        st.dist = np.concatenate([d[~touched], _edge_dist(st.sums, st.cnt, tpairs)])
+    ok = st.dist < threshold
+    ix = np.int32 if n < 2**31 else np.int64  # the pairs' ends, in two flat arrays: half the memory traffic
+    ea, eb, d = st.edges[ok, 0].astype(ix), st.edges[ok, 1].astype(ix), st.dist[ok]
+    cl_a, cl_b = st.cl_codes // n, st.cl_codes % n  # cannot-linked cluster pairs, sorted by code
+    try:
+        for _ in range(max_rounds):
+            if not len(d):
+                return
+            # each cluster's nearest candidate (ties: the smallest id), in O(edges) without a sort
+            near = np.full(n, np.inf)
+            np.minimum.at(near, ea, d)
+            np.minimum.at(near, eb, d)
+            best = np.full(n, n, np.int64)
+            at = d == near[ea]
+            np.minimum.at(best, ea[at], eb[at])
+            at = d == near[eb]
+            np.minimum.at(best, eb[at], ea[at])
+            cand = np.flatnonzero(best < n)
+            best[best == n] = -1
+            keep_id = cand[(best[best[cand]] == cand) & (cand < best[cand])]
+            if len(keep_id) < max(1, min_fraction * alive):
+                return
+            gone_id = best[keep_id]
+            moved = np.zeros(n, bool)
+            moved[keep_id] = True
+            moved[gone_id] = True
+            touched = moved[ea] | moved[eb]
+            ta, tb = ea[touched], eb[touched]
+            w = st.cnt[ta] * st.cnt[tb]
+            st.sums[keep_id] += st.sums[gone_id]
+            st.cnt[keep_id] += st.cnt[gone_id]
+            st.parent[gone_id] = keep_id
+            alive -= len(keep_id)
+            relabel = np.arange(n, dtype=ix)
+            relabel[gone_id] = keep_id
+            plo, phi, pd_ = _merged_pairs(st, relabel[ta], relabel[tb], d[touched], w)
+            if len(cl_a):
+                tc = moved[cl_a] | moved[cl_b]
+                if tc.any():  # only cannot-links of merged clusters change
+                    ra, rb = relabel[cl_a[tc]].astype(np.int64), relabel[cl_b[tc]].astype(np.int64)
+                    moved_codes = np.sort(np.minimum(ra, rb) * n + np.maximum(ra, rb))
+                    # two sorted runs: the stable sort merges them in linear time
+                    codes = _sorted_unique(np.concatenate([st.cl_codes[~tc], moved_codes]), kind="stable")
+                    st.cl_codes, cl_a, cl_b = codes, codes // n, codes % n
+                if len(pd_):
+                    tcodes = plo * n + phi
+                    pos = np.minimum(np.searchsorted(st.cl_codes, tcodes), len(st.cl_codes) - 1)
+                    free = st.cl_codes[pos] != tcodes
+                    plo, phi, pd_ = plo[free], phi[free], pd_[free]
+            under = pd_ < threshold
+            rest = ~touched
+            ea = np.concatenate([ea[rest], plo[under].astype(ix)])
+            eb = np.concatenate([eb[rest], phi[under].astype(ix)])
+            d = np.concatenate([d[rest], pd_[under]])
+    finally:
+        st.edges, st.dist = np.stack([ea, eb], 1).astype(np.int64), d
 
 
 BIG_DEGREE = 48  # candidates: a cluster with more is "big" (see _heap_merge); speed only, not results
