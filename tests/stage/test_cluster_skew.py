@@ -123,3 +123,65 @@ def test_auto_leaves_the_exact_path_when_giants_make_its_graph_dense(monkeypatch
     assert C.cluster_faces(uniform.keys, uniform.emb, uniform.photo, t).method == "exact"
     monkeypatch.setattr(C, "AUTO_PAIRS_FLOOR", 10**9)
     assert C.cluster_faces(giants.keys, giants.emb, giants.photo, t).method == "exact"
+
+
+def _giant_complete_state(n: int = 1500, seed: int = 5) -> tuple[C._GraphState, np.ndarray]:
+    s = synthetic_faces(n, seed=seed, giants=(0.25,))
+    x = C.normalize(s.emb)
+    edges = C.epsilon_graph(x, 0.55)
+    sums = x.astype(np.float64).copy()
+    ones = np.ones(len(x))
+    g = C.group_ids(s.photo)
+    cl = C.cannot_link_pairs(g)
+    codes = C._sorted_unique(cl[:, 0] * n + cl[:, 1])
+    edges = edges[~np.isin(edges[:, 0] * n + edges[:, 1], codes)]
+    return C._GraphState(sums, ones, np.arange(n), edges, C._edge_dist(sums, ones, edges), codes), g
+
+
+def test_merged_pairs_weighted_means_equal_the_exact_distances():
+    """A round's new pairs: where the old pairs cover a new one its distance is their
+    Lance–Williams mean, else it is computed; both must equal the distance from the sums."""
+    st, _ = _giant_complete_state()
+    n = st.n
+    rng = np.random.default_rng(0)
+    keep = rng.choice(n, 200, replace=False)
+    gone = rng.choice(np.setdiff1d(np.arange(n), keep), 200, replace=False)
+    moved = np.zeros(n, bool)
+    moved[keep] = moved[gone] = True
+    touched = moved[st.edges[:, 0]] | moved[st.edges[:, 1]]
+    et = st.edges[touched]
+    w = st.cnt[et[:, 0]] * st.cnt[et[:, 1]]
+    st.sums[keep] += st.sums[gone]
+    st.cnt[keep] += st.cnt[gone]
+    relabel = np.arange(n)
+    relabel[gone] = keep
+    lo, hi, d = C._merged_pairs(st, relabel[et[:, 0]], relabel[et[:, 1]], st.dist[touched], w)
+    need = st.cnt[lo] * st.cnt[hi]
+    assert (lo < hi).all() and len(np.unique(lo * n + hi)) == len(lo)
+    exact = C._edge_dist(st.sums, st.cnt, np.stack([lo, hi], 1))
+    np.testing.assert_allclose(d, exact, rtol=0, atol=1e-12)
+    # both ways were taken: some new pairs covered by their old parts, some not
+    a0, b0 = relabel[et[:, 0]], relabel[et[:, 1]]
+    ok = a0 != b0
+    code = np.minimum(a0, b0)[ok] * n + np.maximum(a0, b0)[ok]
+    covered = np.zeros(len(lo))
+    np.add.at(covered, np.searchsorted(lo * n + hi, code), w[ok])
+    assert (covered == need).any() and (covered < need).any()
+
+
+def test_rounds_leave_exact_distances_under_the_threshold_and_no_cannot_link():
+    st, g = _giant_complete_state()
+    C._rnn_rounds(st, 0.55)
+    n = st.n
+    root = C._roots(st.parent)
+    alive = root == np.arange(n)
+    assert alive.sum() < 0.5 * n  # the rounds did merge
+    e = st.edges
+    assert (e[:, 0] < e[:, 1]).all() and alive[e].all()
+    assert len(np.unique(e[:, 0] * n + e[:, 1])) == len(e)
+    np.testing.assert_allclose(st.dist, C._edge_dist(st.sums, st.cnt, e), rtol=0, atol=1e-12)
+    assert (st.dist < 0.55).all()
+    # no candidate pair joins two faces of one photo, and every cannot-link is between live clusters
+    photos = [set(g[root == c].tolist()) for c in range(n)]
+    assert not any(photos[a] & photos[b] for a, b in e.tolist())
+    assert alive[st.cl_codes // n].all() and alive[st.cl_codes % n].all()
