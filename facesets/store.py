@@ -26,6 +26,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -92,6 +93,7 @@ class FaceStore(SegmentCache):
 TAKEOVER_LOCK = ".claims.lock"  # beside the claims folder: serialises taking over abandoned claims
 CLAIM_STALE_S = 300.0  # a claim untouched this long is abandoned (its holder refreshes it every 30 s)
 CLAIM_TOUCH_S = 30.0
+CLAIM_WRITE_GRACE_S = 5.0  # an unreadable claim older than this was cut short by a kill: abandoned
 _LIVE_TOKENS: set[str] = set()  # the Claims of this process
 
 
@@ -159,12 +161,25 @@ class Claims:
         return self.dir / sha
 
     def _create(self, sha: str) -> bool:
+        """Create the claim whole: written to a temporary file, then hard-linked to its name
+        (atomic and exclusive, NFS included), so a kill never leaves a claim half written."""
+        body = json.dumps({"host": self.host, "pid": self.pid, "token": self.token, "time": time.time()})
+        tmp = self.dir / f".{sha}.{self.token}.{threading.get_ident()}.tmp"
         try:
-            fd = os.open(self._path(sha), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"host": self.host, "pid": self.pid, "token": self.token, "time": time.time()}, fh)
+            tmp.write_text(body)
+            try:
+                os.link(tmp, self._path(sha))
+            except FileExistsError:
+                return False
+            except OSError:  # a filesystem without hard links: exclusive create, then write
+                try:
+                    fd = os.open(self._path(sha), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(body)
+        finally:
+            tmp.unlink(missing_ok=True)
         self.held.add(sha)
         return True
 
@@ -173,13 +188,19 @@ class Claims:
         p = self._path(sha)
         try:
             age = time.time() - p.stat().st_mtime
-            info = json.loads(p.read_text() or "{}")
+            text = p.read_text()
         except FileNotFoundError:
             return True
-        except (OSError, ValueError):
-            return False  # being written right now
+        except OSError:
+            return False
         if age > self.stale_s:
             return True
+        try:
+            info = json.loads(text)
+        except ValueError:
+            info = None
+        if not isinstance(info, dict):  # empty or cut short: a writer killed mid-write (the fallback create)
+            return age > CLAIM_WRITE_GRACE_S  # a claim takes microseconds to write
         if info.get("host") == self.host:
             pid = int(info.get("pid", -1))
             if pid == self.pid:  # this process, or an earlier one that had our pid
@@ -222,6 +243,11 @@ class Claims:
         if not self.dir.is_dir():
             return 0
         for p in self.dir.iterdir():
+            if p.name.endswith(".tmp") and p.name.startswith("."):  # a claim's temporary file, left by a kill
+                with contextlib.suppress(OSError):
+                    if time.time() - p.stat().st_mtime > CLAIM_WRITE_GRACE_S:
+                        p.unlink()
+                continue
             if p.name in done and p.name not in self.held and self.stale(p.name):
                 p.unlink(missing_ok=True)
                 n += 1

@@ -470,6 +470,44 @@ def test_live_claim_on_another_host_waits_then_stale_is_taken(tmp_path):
     assert not (tmp_path / "claims" / "abc").exists()
 
 
+def test_a_claim_cut_short_by_a_kill_does_not_block_the_next_run(tmp_path):
+    """A kill between creating a claim and writing it (the fallback create, or a claim written
+    by an older version) leaves an empty or partial file. It used to count as "being written"
+    until the 300 s stale timeout, so the next embed waited five minutes on it."""
+    from facesets import store as S
+
+    folder = tmp_path / "claims"
+    folder.mkdir()
+    for name, body in (("empty", ""), ("partial", '{"host": "x", "pi')):
+        (folder / name).write_text(body)
+        c = S.Claims(folder)
+        assert not c.take(name)  # just created: maybe being written right now
+        old = time.time() - S.CLAIM_WRITE_GRACE_S - 1
+        os.utime(folder / name, (old, old))
+        assert c.take(name), name  # past the grace: abandoned, taken over at once
+        assert json.loads((folder / name).read_text())["token"] == c.token
+        c.release([name])
+    assert not list(folder.iterdir())
+
+
+def test_claims_are_created_whole_and_leave_no_temporary_files(tmp_path):
+    from facesets import store as S
+
+    folder = tmp_path / "claims"
+    a, b = S.Claims(folder), S.Claims(folder)
+    assert a.take("abc") and not b.take("abc")  # exclusive
+    info = json.loads((folder / "abc").read_text())
+    assert info["pid"] == os.getpid() and info["token"] == a.token
+    assert [p.name for p in folder.iterdir()] == ["abc"]
+    # a temporary file a kill left behind goes with the next sweep once it is old
+    left = folder / f".abc.{b.token}.1.tmp"
+    left.write_text("{}")
+    old = time.time() - S.CLAIM_WRITE_GRACE_S - 1
+    os.utime(left, (old, old))
+    a.sweep(set())
+    assert [p.name for p in folder.iterdir()] == ["abc"]
+
+
 # ---------------------------------------------------------------- the workflow re-lists what embed reported
 
 
