@@ -261,7 +261,14 @@ def _merged_pairs(
     return lo, hi, dist
 
 
-def _rnn_rounds(st: _GraphState, threshold: float, min_fraction: float = 0.002, max_rounds: int = 400) -> None:
+ROUND_MIN_FRACTION = 0.002  # the rounds stop when one merges fewer than this share of the clusters
+ROUND_MIN_FRACTION_LARGE = 0.0005  # the same above LONG_ROUNDS_FROM faces
+LONG_ROUNDS_FROM = 500_000
+
+
+def _rnn_rounds(
+    st: _GraphState, threshold: float, min_fraction: float = ROUND_MIN_FRACTION, max_rounds: int = 400
+) -> None:
     """Merge all reciprocal nearest-neighbour pairs under the threshold, in vectorised rounds.
 
     For a reducible linkage (average linkage is) merging a reciprocal-nearest pair never
@@ -737,14 +744,17 @@ def graph_average_linkage(
     if len(cl_codes):
         edges = edges[~np.isin(edges[:, 0] * n + edges[:, 1], cl_codes)]
     st = _GraphState(sums, np.ones(n, np.float64), np.arange(n), edges, _edge_dist(sums, np.ones(n), edges), cl_codes)
-    _rnn_rounds(st, threshold)
+    # above LONG_ROUNDS_FROM faces the heap's cost per merge (a giant's many candidates) outgrows a
+    # round's cost per merge: the rounds go on to a lower merge rate (docs/benchmarks.md, session 6)
+    min_fraction = ROUND_MIN_FRACTION if n <= LONG_ROUNDS_FROM else ROUND_MIN_FRACTION_LARGE
+    _rnn_rounds(st, threshold, min_fraction=min_fraction)
     _heap_merge(st, threshold)
     for _ in range(max_repairs if repair else 0):
         found, complete = _cluster_level_candidates(st, threshold, cl, repair_k, repair_exact_max)
         log.debug("cluster: repair pass, %d cluster pairs under %.3f", found, threshold)
         if not found:
             break
-        _rnn_rounds(st, threshold)
+        _rnn_rounds(st, threshold, min_fraction=min_fraction)
         _heap_merge(st, threshold)
         if complete:
             break

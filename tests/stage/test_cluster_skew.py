@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from facesets import clustering as C
+from facesets.metrics import bcubed_prf
 from facesets.synth import identity_sizes, synthetic_faces
 
 
@@ -185,3 +186,32 @@ def test_rounds_leave_exact_distances_under_the_threshold_and_no_cannot_link():
     photos = [set(g[root == c].tolist()) for c in range(n)]
     assert not any(photos[a] & photos[b] for a, b in e.tolist())
     assert alive[st.cl_codes // n].all() and alive[st.cl_codes % n].all()
+
+
+def test_large_libraries_run_the_rounds_longer_at_the_same_quality(monkeypatch):
+    """Above LONG_ROUNDS_FROM faces the rounds stop at a lower merge rate (speed: the heap's cost
+    per merge grows with the giants); a library just over the bound, made small here, gets the
+    lower rate and about the same partition."""
+    s = synthetic_faces(6000, seed=2, skew="family")
+    x = C.normalize(s.emb)
+    g = C.group_ids(s.photo)
+    seen = []
+    real = C._rnn_rounds
+
+    def spy(st, threshold, **kw):
+        seen.append(kw["min_fraction"])
+        return real(st, threshold, **kw)
+
+    monkeypatch.setattr(C, "_rnn_rounds", spy)
+    base = C.graph_average_linkage(x, g, 0.55)
+    assert set(seen) == {C.ROUND_MIN_FRACTION}
+    seen.clear()
+    monkeypatch.setattr(C, "LONG_ROUNDS_FROM", 5000)
+    long = C.graph_average_linkage(x, g, 0.55)
+    assert set(seen) == {C.ROUND_MIN_FRACTION_LARGE}
+    f_base, f_long = bcubed_prf(s.identity, base)[2], bcubed_prf(s.identity, long)[2]
+    assert abs(f_long - f_base) < 0.01, (f_base, f_long)
+    photos = [set() for _ in range(len(x))]
+    for lab, ph in zip(long.tolist(), g.tolist(), strict=True):
+        assert ph not in photos[lab]  # cannot-link holds
+        photos[lab].add(ph)
