@@ -16,6 +16,33 @@ DEV_FACES = SHARED / "datasets" / "dev-faces"
 VENV_BIN = Path(sys.executable).parent
 
 
+# The modules that take longest (minutes of real workflow runs), longest first. scripts/test.sh
+# runs the suite on two pytest-xdist workers, one file per worker at a time (--dist loadfile),
+# handing out files in collection order: starting the longest first keeps one of them from
+# running alone at the end.
+LONGEST_FIRST = (
+    "workflow/test_library_scenarios.py",
+    "workflow/test_newcomer.py",
+    "workflow/test_workflow.py",
+    "workflow/test_library_workflow.py",
+    "workflow/test_slurm.py",
+    "workflow/test_decisions_workflow.py",
+    "workflow/test_incremental_outputs.py",
+    "browser/test_review_browser.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        try:
+            rel = Path(str(item.path)).relative_to(REPO / "tests").as_posix()
+        except ValueError:
+            return len(LONGEST_FIRST)
+        return LONGEST_FIRST.index(rel) if rel in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a module, and of every other module, is kept
+
+
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     """The opencv backend's models (fetched by scripts/setup.sh; fetched here if missing)."""

@@ -122,9 +122,16 @@ def test_interrupted_workflow_resumes_with_the_same_command(demo_photos, model_d
         "1",
     ]
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.Popen(
-        args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    # A command typed in a shell starts with Ctrl-C's default action. The test runner's process
+    # may have SIGINT ignored, and an ignored signal is inherited by every child: give the child
+    # the default (a caught signal is reset to it on exec), as the user's shell does.
+    runner_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+    finally:
+        signal.signal(signal.SIGINT, runner_sigint)
     store = tmp_path / "work" / "store"
     deadline = time.monotonic() + 120
     # the first stored batch: embed is running with ~118 photos to go
@@ -133,7 +140,9 @@ def test_interrupted_workflow_resumes_with_the_same_command(demo_photos, model_d
     assert proc.poll() is None, "workflow finished before the interrupt"
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C on the terminal's process group
     proc.wait(timeout=60)
-    assert not (tmp_path / "work" / "sources" / "photos" / "faces.parquet").exists()
+    assert not (tmp_path / "work" / "sources" / "photos" / "faces.parquet").exists(), (
+        f"the run went on after Ctrl-C (the test runner's SIGINT handler was {runner_sigint!r})"
+    )
 
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
